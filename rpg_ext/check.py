@@ -1,0 +1,62 @@
+"""``python -m rpg_ext check``: prove that a plain ``import verl`` registers the RPG losses.
+
+verl loads ``verl.plugins`` entry points on import but swallows their import errors (debug log only), so a
+broken install silently lacks the losses until a Ray worker fails an hour into a run. This check imports
+verl in a fresh process, and on failure re-imports the plugin directly to show the underlying error.
+Only the standard library is imported here, so the check works even when torch or verl are broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+from rpg_ext import RPG_LOSS_NAMES, VERL_VERSION
+
+_PROBE = """
+import json, verl
+from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+print(json.dumps({"verl": verl.__version__, "losses": sorted(POLICY_LOSS_REGISTRY)}))
+"""
+_PLUGIN_IMPORT = "import rpg_ext.plugin"
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+
+def check() -> int:
+    out = sys.stdout
+    eps = [ep for ep in entry_points(group="verl.plugins") if ep.value.split(":")[0].startswith("rpg_ext")]
+    problems = []
+    if not eps:
+        problems.append(
+            "no 'verl.plugins' entry point of rpg_ext is installed: reinstall the package (`pip install -e .`)"
+        )
+    policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip().lower()
+    if policy == "none" or (policy != "auto" and not {ep.name for ep in eps} & {p.strip() for p in policy.split(",")}):
+        problems.append(f"VERL_USE_EXTERNAL_PLUGINS={policy!r} keeps verl from loading the rpg plugin")
+
+    probe = _run(_PROBE)
+    if probe.returncode != 0:
+        print("rpg_ext check FAILED: `import verl` itself fails in a fresh process:\n" + probe.stderr, file=sys.stderr)
+        return 1
+    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    missing = [n for n in RPG_LOSS_NAMES if n not in info["losses"]]
+    if missing:
+        direct = _run(_PLUGIN_IMPORT)
+        msg = [f"rpg_ext check FAILED: after `import verl` these RPG losses are not registered: {missing}"]
+        msg += [f"  - {p}" for p in problems]
+        if direct.returncode != 0:
+            msg.append("The plugin fails to import (verl hides this error); `import rpg_ext.plugin` gives:")
+            msg.append(direct.stderr.rstrip())
+        print("\n".join(msg), file=sys.stderr)
+        return 1
+    if info["verl"] != VERL_VERSION:
+        print(f"warning: rpg_ext was written for verl=={VERL_VERSION}, found verl {info['verl']}", file=sys.stderr)
+    print(f"rpg_ext OK: verl {info['verl']}, plugin registers {len(RPG_LOSS_NAMES)} losses: {', '.join(RPG_LOSS_NAMES)}",
+          file=out)
+    return 0

@@ -1,0 +1,143 @@
+"""Configuration of the RPG losses: typed dataclasses for verl's config system, and their validation.
+
+verl hands every policy loss its actor config as ``config``. The RPG losses read
+
+    config.policy_loss.rpg.beta          beta >= 0 (default 1e-4, the paper's value)
+    config.policy_loss.rpg.clip          'dual' (default) | 'truncate' (REINFORCE family only) | 'none'
+    config.clip_ratio_low / _high        eps_low / eps_high (each falls back to config.clip_ratio when null)
+    config.clip_ratio_c                  c, the dual-clip bound (> 1)
+
+``config`` may be verl's ``ActorConfig`` whose ``policy_loss`` is an :class:`RPGPolicyLossConfig`
+(selected with ``actor_rollout_ref.actor.policy_loss._target_=rpg_ext.config.RPGPolicyLossConfig``), or a plain
+OmegaConf ``DictConfig`` / dict carrying the same keys. A missing ``policy_loss.rpg`` block means the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from verl.base_config import BaseConfig
+from verl.workers.config import PolicyLossConfig
+
+CLIP_MODES = ("dual", "truncate", "none")
+DEFAULT_BETA = 1e-4
+DEFAULT_CLIP = "dual"
+#: verl's own default for ``clip_ratio_c`` (used by its ``vanilla`` loss when the key is absent).
+VERL_DEFAULT_CLIP_RATIO_C = 3.0
+
+_KEY = "actor_rollout_ref.actor"
+
+
+def validate_beta(beta: Any, key: str = f"{_KEY}.policy_loss.rpg.beta") -> float:
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"{key} must be a finite float >= 0 (the KL strength beta), got {beta!r}")
+    return float(beta)
+
+
+def validate_clip(clip: Any, loss_name: str | None = None, key: str = f"{_KEY}.policy_loss.rpg.clip") -> str:
+    if clip not in CLIP_MODES:
+        raise ValueError(f"{key} must be one of {list(CLIP_MODES)}, got {clip!r}")
+    if clip == "truncate" and loss_name is not None and not loss_name.startswith("rpg_reinforce_"):
+        raise ValueError(
+            f"{key}='truncate' (clipped REINFORCE weight) is only defined for the rpg_reinforce_* losses; "
+            f"{loss_name} accepts 'dual' or 'none'"
+        )
+    return clip
+
+
+@dataclass
+class RPGConfig(BaseConfig):
+    """The ``rpg`` block of the policy-loss config.
+
+    Args:
+        beta (float): KL strength beta >= 0 (paper: 1e-4).
+        clip (str): 'dual' (Algorithm 1's dual clip for rpg_*, Algorithm 2's RPG-Style Clip for rpg_reinforce_*),
+            'truncate' (rpg_reinforce_* only: clipped importance weight), or 'none'.
+    """
+
+    beta: float = DEFAULT_BETA
+    clip: str = DEFAULT_CLIP
+
+    def __post_init__(self):
+        validate_beta(self.beta)
+        validate_clip(self.clip)
+
+
+@dataclass
+class RPGPolicyLossConfig(PolicyLossConfig):
+    """verl's ``PolicyLossConfig`` plus the ``rpg`` block; select with
+    ``actor_rollout_ref.actor.policy_loss._target_=rpg_ext.config.RPGPolicyLossConfig``."""
+
+    rpg: RPGConfig = field(default_factory=RPGConfig)
+
+    def __post_init__(self):
+        super_post_init = getattr(super(), "__post_init__", None)
+        if super_post_init is not None:
+            super_post_init()
+        if not isinstance(self.rpg, RPGConfig):
+            if not isinstance(self.rpg, Mapping):
+                raise ValueError(f"{_KEY}.policy_loss.rpg must be a mapping, got {type(self.rpg).__name__}")
+            unknown = sorted(set(self.rpg) - {"beta", "clip", "_target_"})
+            if unknown:
+                raise ValueError(f"{_KEY}.policy_loss.rpg has unknown keys {unknown}; known: beta, clip")
+            rpg = RPGConfig(**{k: v for k, v in self.rpg.items() if k != "_target_"})
+            object.__setattr__(self, "rpg", rpg)  # BaseConfig fields are frozen after __init__
+        if self.loss_mode.startswith("rpg_"):
+            validate_clip(self.rpg.clip, self.loss_mode)
+
+
+@dataclass(frozen=True)
+class RPGParams:
+    """Validated hyperparameters of one RPG loss call."""
+
+    beta: float
+    clip: str
+    eps_low: float
+    eps_high: float
+    clip_c: float
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):  # DictConfig, dict and verl's BaseConfig are all Mappings
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def resolve_params(config: Any, loss_name: str) -> RPGParams:
+    """Read and validate the RPG hyperparameters of ``loss_name`` from verl's actor config."""
+    if config is None:
+        raise ValueError(f"{loss_name} needs verl's actor config (policy_loss.rpg, clip ratios); got config=None")
+    if _get(config, "use_kl_loss", False):
+        raise ValueError(
+            f"{loss_name} already contains its KL term (beta * k); {_KEY}.use_kl_loss=True would count the KL "
+            f"twice. Set {_KEY}.use_kl_loss=False and choose beta with {_KEY}.policy_loss.rpg.beta."
+        )
+    rpg = _get(_get(config, "policy_loss"), "rpg")
+    beta = validate_beta(_get(rpg, "beta", DEFAULT_BETA))
+    clip = validate_clip(_get(rpg, "clip", DEFAULT_CLIP), loss_name)
+
+    clip_ratio = _get(config, "clip_ratio")
+    eps_low = _get(config, "clip_ratio_low")
+    eps_high = _get(config, "clip_ratio_high")
+    eps_low = clip_ratio if eps_low is None else eps_low
+    eps_high = clip_ratio if eps_high is None else eps_high
+    clip_c = _get(config, "clip_ratio_c", VERL_DEFAULT_CLIP_RATIO_C)
+    if clip_c is None:
+        clip_c = VERL_DEFAULT_CLIP_RATIO_C
+    for key, value in (("clip_ratio_low", eps_low), ("clip_ratio_high", eps_high), ("clip_ratio_c", clip_c)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(
+                f"{_KEY}.{key} must be a finite number (falling back to {_KEY}.clip_ratio when null), got {value!r}"
+            )
+    if not 0 < eps_low < 1:
+        raise ValueError(f"{_KEY}.clip_ratio_low (eps_low) must lie in (0, 1), got {eps_low!r}")
+    if not eps_high > 0:
+        raise ValueError(f"{_KEY}.clip_ratio_high (eps_high) must be > 0, got {eps_high!r}")
+    if not clip_c > 1:
+        raise ValueError(f"{_KEY}.clip_ratio_c (dual-clip bound c) must be > 1, got {clip_c!r}")
+    return RPGParams(beta=beta, clip=clip, eps_low=float(eps_low), eps_high=float(eps_high), clip_c=float(clip_c))

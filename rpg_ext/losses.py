@@ -1,0 +1,196 @@
+"""The RPG policy losses, registered in verl's policy-loss registry (``../shared/spec/RPG_SPEC.md`` sections 1-2).
+
+Eight names, each with verl's ``PolicyLossFn`` signature, returning ``(loss, metrics)``:
+
+    rpg_<div>            fully differentiable:  L = dualclip(w, A) + beta * k            (Algorithm 1)
+    rpg_reinforce_<div>  REINFORCE-style:       L = -SG(w * A + C) * lp, C = -beta * dk/dlp (Algorithm 2)
+
+for <div> in fkl, rkl, ufkl, urkl (``rpg_ext.kl``). All tensors are ``(batch, response_len)``.
+``ref_log_prob=None`` means the reference is the sampling policy (the paper's iterative reference);
+passing it selects the general formulas with rho = pi_ref / pi_old and log u = log pi_theta / pi_ref.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register_policy_loss
+
+from rpg_ext import DIVERGENCES, RPG_LOSS_NAMES
+from rpg_ext.config import RPGParams, _get, resolve_params
+from rpg_ext.kl import Divergence, get_divergence, log_ratios
+
+Tensor = torch.Tensor
+METRIC_PREFIX = "actor/rpg/"
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    # bf16 / fp16 inputs are computed in float32; float32 and float64 stay as they are.
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def rpg_token_loss(
+    div: Divergence, log_prob, old_log_prob, advantages, p: RPGParams, ref_log_prob=None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token loss of ``rpg_<div>`` (spec section 1) and the tensors its metrics need."""
+    log_w, log_u, rho = log_ratios(log_prob, old_log_prob, ref_log_prob)
+    w = torch.exp(log_w)
+    A = advantages
+    k = div.k(w, log_u, rho)
+    pg = -A * w  # unclipped reward surrogate, gradient -A * w * grad lp
+    clipped_high = clipped_low = clipped_dual = None
+    if p.clip == "dual":
+        # verl's vanilla dual clip: max(-w A, -clip(w, 1-eps_low, 1+eps_high) A), and min(., -c A) when A < 0
+        pg = torch.maximum(pg, -A * torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high))
+        pg = torch.where(A < 0, torch.minimum(pg, -p.clip_c * A), pg)
+        with torch.no_grad():
+            clipped_high = (A > 0) & (w > 1 + p.eps_high)
+            clipped_low = (A < 0) & (w < 1 - p.eps_low)
+            clipped_dual = (A < 0) & (w > p.clip_c)
+    loss = pg + p.beta * k  # L = dualclip(w, A) + beta * k: the KL part is never clipped
+    return loss, dict(k=k.detach(), w=w.detach(), log_w=log_w.detach(), high=clipped_high, low=clipped_low, dual=clipped_dual)
+
+
+def rpg_reinforce_token_loss(
+    div: Divergence, log_prob, old_log_prob, advantages, p: RPGParams, ref_log_prob=None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token loss of ``rpg_reinforce_<div>`` (spec section 2) and the tensors its metrics need."""
+    A = advantages
+    with torch.no_grad():
+        log_w, log_u, rho = log_ratios(log_prob, old_log_prob, ref_log_prob)
+        w = torch.exp(log_w)
+        C = -p.beta * div.dk_dlp(w, log_u, rho)  # KL component C = -beta * dk/dlp (constant)
+        k = div.k(w, log_u, rho)
+        high = low = dual = None
+        if p.clip == "none":
+            w_eff = w
+        elif p.clip == "truncate":
+            w_eff = torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high)
+            high, low = w > 1 + p.eps_high, w < 1 - p.eps_low
+        else:  # RPG-Style Clip: branch on the sign of A' = A + C / w, i.e. of w * A + C (w > 0)
+            pos = w * A + C >= 0
+            high = pos & (w >= 1 + p.eps_high)
+            low = ~pos & (w <= 1 - p.eps_low)
+            dual = ~pos & (w >= p.clip_c)
+            # clipped branches use the bound as weight and carry no gradient (constants in theta)
+            w_eff = torch.where(high, 1 + p.eps_high, torch.where(low, 1 - p.eps_low, torch.where(dual, p.clip_c, w)))
+        coef = w_eff * A + C
+    if p.clip == "dual":
+        keep = ~(high | low | dual)
+        log_prob = torch.where(keep, log_prob, log_prob.detach())
+    loss = -coef * log_prob  # L = -SG(w A + C) * lp
+    kept = keep if p.clip == "dual" else None
+    return loss, dict(k=k, w=w, log_w=log_w, high=high, low=low, dual=dual, kept=kept)
+
+
+def _masked_metrics(reinforce: bool, mask: Tensor, t: dict[str, Optional[Tensor]]) -> dict[str, float]:
+    """Spec section 5 diagnostics over unmasked tokens, as floats (one device sync)."""
+    with torch.no_grad():
+        w = t["w"]
+        m = mask.to(w.dtype)
+        n = m.sum()
+        n_safe = n.clamp(min=1)
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        sw, sw2 = (w * m).sum(), (w * w * m).sum()
+
+        def frac(b):
+            return zero if b is None else (b.to(w.dtype) * m).sum() / n_safe
+
+        v = {
+            METRIC_PREFIX + "kl": (t["k"] * m).sum() / n_safe,  # the variant's KL estimate, mean of k
+            METRIC_PREFIX + "iw_mean": sw / n_safe,
+            METRIC_PREFIX + "iw_max": torch.where(mask, w, zero).max() if mask.numel() else zero,
+            METRIC_PREFIX + "iw_ess": sw * sw / (n * sw2).clamp(min=torch.finfo(w.dtype).tiny),  # (sum w)^2/(n sum w^2)
+            METRIC_PREFIX + "clipfrac_high": frac(t["high"]),
+            METRIC_PREFIX + "clipfrac_low": frac(t["low"]),
+            METRIC_PREFIX + "clipfrac_dual": frac(t["dual"]),
+        }
+        if reinforce:
+            v[METRIC_PREFIX + "kept_frac"] = frac(t["kept"]) if t.get("kept") is not None else n / n_safe
+        # verl's standard names as well, so RPG runs compare directly with vanilla / GRPO runs on a dashboard
+        v["actor/ppo_kl"] = -(t["log_w"] * m).sum() / n_safe
+        v["actor/pg_clipfrac"] = v[METRIC_PREFIX + "clipfrac_high"] + v[METRIC_PREFIX + "clipfrac_low"]
+        v["actor/pg_clipfrac_lower"] = v[METRIC_PREFIX + "clipfrac_dual"]
+        floats = torch.stack([x.to(torch.float64) for x in v.values()]).tolist()
+    return dict(zip(v.keys(), floats, strict=True))
+
+
+def _aggregate(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str, config: Any) -> Tensor:
+    """verl's ``agg_loss`` with the config's global batch info (dp size, global token / sequence counts).
+
+    Without global info (a direct call on one micro-batch), an all-masked micro-batch gives 0, not 0/0.
+    """
+    info = dict(_get(config, "global_batch_info", None) or {})
+    if (info.get("dp_size") or 1) <= 1:
+        if loss_agg_mode == "token-mean" and info.get("batch_num_tokens") is None:
+            info["batch_num_tokens"] = mask.sum().clamp(min=1)
+        elif loss_agg_mode.startswith("seq-mean") and info.get("global_batch_size") is None:
+            info["global_batch_size"] = (mask.sum(-1) > 0).sum().clamp(min=1)
+    return agg_loss(loss_mat=loss_mat, loss_mask=mask, loss_agg_mode=loss_agg_mode, **info)
+
+
+def rpg_policy_loss(
+    name: str,
+    old_log_prob: Tensor,
+    log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Any = None,
+    rollout_is_weights: Tensor | None = None,
+    ref_log_prob: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """The RPG loss ``name`` (one of ``rpg_ext.RPG_LOSS_NAMES``) on one micro-batch."""
+    p = resolve_params(config, name)
+    reinforce = name.startswith("rpg_reinforce_")
+    div = get_divergence(name.rsplit("_", 1)[1])
+    dtype = _compute_dtype(log_prob)
+    mask = response_mask.bool()
+    lp, olp, A = log_prob.to(dtype), old_log_prob.to(dtype), advantages.to(dtype)
+    rlp = None if ref_log_prob is None else ref_log_prob.to(dtype)
+    token_loss = rpg_reinforce_token_loss if reinforce else rpg_token_loss
+    loss_mat, parts = token_loss(div, lp, olp, A, p, rlp)
+    if rollout_is_weights is not None:  # verl's rollout correction: pi_old / pi_rollout, on the whole token loss
+        loss_mat = loss_mat * rollout_is_weights.to(dtype)
+    loss = _aggregate(loss_mat, mask, loss_agg_mode, config)
+    return loss, _masked_metrics(reinforce, mask, parts)
+
+
+def _make_loss_fn(name: str):
+    def loss_fn(
+        old_log_prob: Tensor,
+        log_prob: Tensor,
+        advantages: Tensor,
+        response_mask: Tensor,
+        loss_agg_mode: str = "token-mean",
+        config: Any = None,
+        rollout_is_weights: Tensor | None = None,
+        ref_log_prob: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        return rpg_policy_loss(
+            name, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
+            ref_log_prob,
+        )
+
+    loss_fn.__name__ = loss_fn.__qualname__ = f"compute_policy_loss_{name}"
+    loss_fn.__doc__ = f"verl policy loss {name!r}: see rpg_ext.losses.rpg_policy_loss."
+    loss_fn.rpg_loss_name = name
+    return loss_fn
+
+
+#: name -> registered function; the same objects on every ``register()`` call.
+LOSS_FNS = {name: _make_loss_fn(name) for name in RPG_LOSS_NAMES}
+assert {n.rsplit("_", 1)[1] for n in LOSS_FNS} == set(DIVERGENCES)
+
+
+def register() -> None:
+    """Register the eight RPG losses in verl's policy-loss registry (idempotent).
+
+    Refuses to replace a different function already registered under one of our names.
+    """
+    for name, fn in LOSS_FNS.items():
+        existing = POLICY_LOSS_REGISTRY.get(name)
+        if existing is not None and existing is not fn and getattr(existing, "rpg_loss_name", None) != name:
+            raise RuntimeError(f"verl's policy-loss registry already holds a different {name!r}: {existing!r}")
+        register_policy_loss(name)(fn)
