@@ -38,18 +38,21 @@ def rpg_token_loss(
     w = torch.exp(log_w)
     A = advantages
     k = div.k(w, log_u, rho)
-    pg = -A * w  # unclipped reward surrogate, gradient -A * w * grad lp
+    neg_A = -A
+    pg = neg_A * w  # unclipped reward surrogate, gradient -A * w * grad lp
     clipped_high = clipped_low = clipped_dual = None
     if p.clip == "dual":
         # verl's vanilla dual clip: max(-w A, -clip(w, 1-eps_low, 1+eps_high) A), and min(., -c A) when A < 0
-        pg = torch.maximum(pg, -A * torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high))
-        pg = torch.where(A < 0, torch.minimum(pg, -p.clip_c * A), pg)
+        neg = A < 0
+        pg = torch.maximum(pg, neg_A * torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high))
+        pg = torch.where(neg, torch.minimum(pg, p.clip_c * neg_A), pg)
         with torch.no_grad():
             clipped_high = (A > 0) & (w > 1 + p.eps_high)
-            clipped_low = (A < 0) & (w < 1 - p.eps_low)
-            clipped_dual = (A < 0) & (w > p.clip_c)
+            clipped_low = neg & (w < 1 - p.eps_low)
+            clipped_dual = neg & (w > p.clip_c)
     loss = pg + p.beta * k  # L = dualclip(w, A) + beta * k: the KL part is never clipped
-    return loss, dict(k=k.detach(), w=w.detach(), log_w=log_w.detach(), high=clipped_high, low=clipped_low, dual=clipped_dual)
+    parts = dict(k=k.detach(), w=w.detach(), log_w=log_w.detach(), high=clipped_high, low=clipped_low, dual=clipped_dual)
+    return loss, parts
 
 
 def rpg_reinforce_token_loss(
@@ -87,20 +90,18 @@ def rpg_reinforce_token_loss(
 def _masked_metrics(reinforce: bool, mask: Tensor, t: dict[str, Optional[Tensor]]) -> dict[str, float]:
     """Spec section 5 diagnostics over unmasked tokens, as floats (one device sync)."""
     with torch.no_grad():
-        w = t["w"]
-        m = mask.to(w.dtype)
-        n = m.sum()
-        n_safe = n.clamp(min=1)
-        zero = torch.zeros((), dtype=w.dtype, device=w.device)
-        sw, sw2 = (w * m).sum(), (w * w * m).sum()
+        w = torch.where(mask, t["w"], 0.0)  # masked tokens never count (w > 0 elsewhere, so max is unaffected)
+        n = mask.sum()
+        n_safe = n.clamp(min=1).to(w.dtype)
+        sw, sw2 = w.sum(), torch.dot(w.flatten(), w.flatten())
 
         def frac(b):
-            return zero if b is None else (b.to(w.dtype) * m).sum() / n_safe
+            return torch.zeros_like(sw) if b is None else (b & mask).sum() / n_safe
 
         v = {
-            METRIC_PREFIX + "kl": (t["k"] * m).sum() / n_safe,  # the variant's KL estimate, mean of k
+            METRIC_PREFIX + "kl": torch.where(mask, t["k"], 0.0).sum() / n_safe,  # the variant's KL estimate
             METRIC_PREFIX + "iw_mean": sw / n_safe,
-            METRIC_PREFIX + "iw_max": torch.where(mask, w, zero).max() if mask.numel() else zero,
+            METRIC_PREFIX + "iw_max": w.max() if w.numel() else torch.zeros_like(sw),
             METRIC_PREFIX + "iw_ess": sw * sw / (n * sw2).clamp(min=torch.finfo(w.dtype).tiny),  # (sum w)^2/(n sum w^2)
             METRIC_PREFIX + "clipfrac_high": frac(t["high"]),
             METRIC_PREFIX + "clipfrac_low": frac(t["low"]),
@@ -109,7 +110,7 @@ def _masked_metrics(reinforce: bool, mask: Tensor, t: dict[str, Optional[Tensor]
         if reinforce:
             v[METRIC_PREFIX + "kept_frac"] = frac(t["kept"]) if t.get("kept") is not None else n / n_safe
         # verl's standard names as well, so RPG runs compare directly with vanilla / GRPO runs on a dashboard
-        v["actor/ppo_kl"] = -(t["log_w"] * m).sum() / n_safe
+        v["actor/ppo_kl"] = -torch.where(mask, t["log_w"], 0.0).sum() / n_safe
         v["actor/pg_clipfrac"] = v[METRIC_PREFIX + "clipfrac_high"] + v[METRIC_PREFIX + "clipfrac_low"]
         v["actor/pg_clipfrac_lower"] = v[METRIC_PREFIX + "clipfrac_dual"]
         floats = torch.stack([x.to(torch.float64) for x in v.values()]).tolist()
