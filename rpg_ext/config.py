@@ -141,3 +141,73 @@ def resolve_params(config: Any, loss_name: str) -> RPGParams:
     if not clip_c > 1:
         raise ValueError(f"{_KEY}.clip_ratio_c (dual-clip bound c) must be > 1, got {clip_c!r}")
     return RPGParams(beta=beta, clip=clip, eps_low=float(eps_low), eps_high=float(eps_high), clip_c=float(clip_c))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe's ``algorithm`` block: ``algorithm.policy_loss`` and ``algorithm.rpg`` (recipe/rpg/config/*.yaml).
+# The recipe's yaml wires them into the actor (``actor_rollout_ref.actor.policy_loss.loss_mode`` and ``.rpg``);
+# these classes type and validate the user-facing side. New ``algorithm.rpg`` keys (reference management, a KL
+# regularizer) are added as fields of :class:`RPGAlgorithmConfig`.
+# ---------------------------------------------------------------------------------------------------------------
+
+from verl.trainer.config import AlgoConfig  # noqa: E402  (appended section; verl.workers.config imports it too)
+
+_ALGO_KEY = "algorithm"
+
+
+@dataclass
+class RPGAlgorithmConfig(BaseConfig):
+    """``algorithm.rpg``: the RPG hyperparameters a user sets (fed to the actor's ``policy_loss.rpg``).
+
+    Args:
+        beta (float): KL strength beta >= 0 (paper: 1e-4).
+        clip (str): 'dual' | 'truncate' (rpg_reinforce_* only) | 'none'; see :class:`RPGConfig`.
+    """
+
+    beta: float = DEFAULT_BETA
+    clip: str = DEFAULT_CLIP
+
+    def __post_init__(self):
+        validate_beta(self.beta, key=f"{_ALGO_KEY}.rpg.beta")
+        validate_clip(self.clip, key=f"{_ALGO_KEY}.rpg.clip")
+
+
+@dataclass
+class RPGAlgoConfig(AlgoConfig):
+    """verl's ``AlgoConfig`` plus ``policy_loss`` (a policy-loss registry name: an RPG loss or any verl built-in)
+    and the ``rpg`` block. Selected with ``algorithm._target_=rpg_ext.config.RPGAlgoConfig`` (the recipe's yaml).
+
+    Args:
+        policy_loss (str): registry name of the actor's policy loss (``rpg_rkl``, ``vanilla``, ``gspo``, ...).
+        rpg (RPGAlgorithmConfig): beta and clip of the RPG losses.
+    """
+
+    policy_loss: str = "vanilla"
+    rpg: RPGAlgorithmConfig = field(default_factory=RPGAlgorithmConfig)
+
+    def __post_init__(self):
+        super_post_init = getattr(super(), "__post_init__", None)
+        if super_post_init is not None:
+            super_post_init()
+        if not isinstance(self.policy_loss, str) or not self.policy_loss:
+            raise ValueError(
+                f"{_ALGO_KEY}.policy_loss must be a policy-loss registry name (for example rpg_rkl or vanilla), "
+                f"got {self.policy_loss!r}"
+            )
+        if not isinstance(self.rpg, RPGAlgorithmConfig):
+            if not isinstance(self.rpg, Mapping):
+                raise ValueError(f"{_ALGO_KEY}.rpg must be a mapping, got {type(self.rpg).__name__}")
+            known = {f for f in RPGAlgorithmConfig.__dataclass_fields__ if f != "_target_"}
+            unknown = sorted(set(self.rpg) - known - {"_target_"})
+            if unknown:
+                raise ValueError(f"{_ALGO_KEY}.rpg has unknown keys {unknown}; known: {', '.join(sorted(known))}")
+            rpg = RPGAlgorithmConfig(**{k: v for k, v in self.rpg.items() if k != "_target_"})
+            object.__setattr__(self, "rpg", rpg)  # BaseConfig fields are frozen after __init__
+        if self.policy_loss.startswith("rpg_"):
+            validate_clip(self.rpg.clip, self.policy_loss, key=f"{_ALGO_KEY}.rpg.clip")
+            if self.use_kl_in_reward:
+                raise ValueError(
+                    f"{_ALGO_KEY}.policy_loss={self.policy_loss} already contains its KL term (beta * k); "
+                    f"{_ALGO_KEY}.use_kl_in_reward=True would add verl's KL penalty on top. Set "
+                    f"{_ALGO_KEY}.use_kl_in_reward=False and choose beta with {_ALGO_KEY}.rpg.beta."
+                )

@@ -1,0 +1,282 @@
+"""Checks of a composed recipe config, run before anything starts (the dry run and ``main_rpg`` share them).
+
+``check_config(cfg)`` runs what verl would run an hour into a cluster job, here and in seconds, without Ray:
+verl's own ``validate_config``, the conversion of the actor, rollout and algorithm sections to verl's
+dataclasses, the policy-loss registry lookup (and that the RPG plugin registered its losses), the wiring of
+``algorithm.policy_loss`` / ``algorithm.rpg`` into the actor, batch sizes that must divide, token budgets, the
+reward shaping settings and the data files. Every problem is a :class:`ConfigError` naming the key and value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rpg_ext import RPG_LOSS_NAMES
+
+ACTOR = "actor_rollout_ref.actor"
+ROLLOUT = "actor_rollout_ref.rollout"
+RPG_POLICY_LOSS_TARGET = "rpg_ext.config.RPGPolicyLossConfig"
+RPG_ALGO_TARGET = "rpg_ext.config.RPGAlgoConfig"
+#: Optimizer implementations verl 0.9.1 builds but cannot drive correctly (see README, "Limitations").
+REFUSED_OPTIMIZER_IMPLS = ("schedulefree",)
+
+
+class ConfigError(ValueError):
+    """A recipe config that would fail (or silently do the wrong thing) once launched."""
+
+
+@dataclass
+class CheckedConfig:
+    """What the checks established, for the dry-run summary."""
+
+    algorithm: Any  # rpg_ext.config.RPGAlgoConfig
+    actor: Any  # verl FSDPActorConfig / McoreActorConfig
+    rollout: Any  # verl RolloutConfig
+    uses_reference: bool
+    uses_critic: bool
+    n_gpus: int
+    data_files: dict[str, list[str]]
+    data_checked: bool
+    not_checked: list[str] = field(default_factory=list)
+
+
+def _fail(msg: str) -> None:
+    raise ConfigError(msg)
+
+
+def registered_policy_losses() -> list[str]:
+    """Names in verl's policy-loss registry after ``import verl`` (which loads the rpg plugin)."""
+    import verl  # noqa: F401  (loads verl.plugins entry points)
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    return sorted(POLICY_LOSS_REGISTRY)
+
+
+def check_policy_loss(name: Any, registered: list[str]) -> None:
+    missing_rpg = [n for n in RPG_LOSS_NAMES if n not in registered]
+    if missing_rpg:
+        _fail(
+            f"the rpg_ext plugin did not register {missing_rpg} in verl's policy-loss registry; "
+            "run `python -m rpg_ext check` to see why (verl hides plugin import errors)"
+        )
+    if name not in registered:
+        _fail(f"unknown algorithm.policy_loss={name!r}; registered policy losses: {', '.join(registered)}")
+
+
+def _resolve(cfg: DictConfig) -> None:
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # "???" values of unused sections may stay
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        _fail(f"config key {key} cannot be resolved: {type(e).__name__}: {e}".splitlines()[0])
+
+
+def _to_dataclass(node: DictConfig, section: str) -> Any:
+    from verl.utils.config import omega_conf_to_dataclass
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecations, Megatron layout notes
+            return omega_conf_to_dataclass(node)
+    except Exception as e:  # hydra wraps the dataclass' own ValueError/AssertionError
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        _fail(f"{section} is invalid: {type(cause).__name__}: {cause}")
+
+
+def _check_wiring(cfg: DictConfig) -> None:
+    """``algorithm.policy_loss`` / ``algorithm.rpg`` must be what the actor uses (the yaml interpolates them)."""
+    actor_pl = cfg.actor_rollout_ref.actor.policy_loss
+    algo = cfg.algorithm
+    if algo.get("_target_") != RPG_ALGO_TARGET:
+        _fail(f"algorithm._target_ must be {RPG_ALGO_TARGET} (the recipe's typed algorithm block), got "
+              f"{algo.get('_target_')!r}")
+    if actor_pl.get("_target_") != RPG_POLICY_LOSS_TARGET:
+        _fail(f"{ACTOR}.policy_loss._target_ must be {RPG_POLICY_LOSS_TARGET}, got {actor_pl.get('_target_')!r}")
+    pairs = [
+        ("algorithm.policy_loss", algo.policy_loss, f"{ACTOR}.policy_loss.loss_mode", actor_pl.loss_mode),
+        ("algorithm.rpg.beta", algo.rpg.beta, f"{ACTOR}.policy_loss.rpg.beta", actor_pl.rpg.beta),
+        ("algorithm.rpg.clip", algo.rpg.clip, f"{ACTOR}.policy_loss.rpg.clip", actor_pl.rpg.clip),
+    ]
+    for akey, aval, xkey, xval in pairs:
+        if aval != xval:
+            _fail(f"{xkey}={xval!r} disagrees with {akey}={aval!r}: set {akey} (the actor's key follows it)")
+
+
+def _check_batches(cfg: DictConfig, actor: Any, n_gpus: int) -> None:
+    data, rollout = cfg.data, cfg.actor_rollout_ref.rollout
+    if n_gpus < 1:
+        _fail(f"trainer.n_gpus_per_node x trainer.nnodes must be >= 1, got {n_gpus}")
+    tbs, mini, n = data.train_batch_size, actor.ppo_mini_batch_size, rollout.n
+    if tbs < 1 or mini < 1 or n < 1:
+        _fail(f"batch sizes must be >= 1: data.train_batch_size={tbs}, {ACTOR}.ppo_mini_batch_size={mini}, "
+              f"{ROLLOUT}.n={n}")
+    if tbs % mini:
+        _fail(f"data.train_batch_size ({tbs}) must be a multiple of {ACTOR}.ppo_mini_batch_size ({mini}) "
+              "(prompts per optimizer step)")
+    if actor.strategy == "megatron":
+        m = cfg.actor_rollout_ref.actor.megatron
+        model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size * m.context_parallel_size
+        if n_gpus % model_parallel:
+            _fail(f"{n_gpus} GPUs are not divisible by Megatron TP x PP x CP = {model_parallel}")
+        dp = n_gpus // model_parallel
+    else:
+        sp = actor.get("ulysses_sequence_parallel_size", 1) or 1
+        if n_gpus % sp:
+            _fail(f"{n_gpus} GPUs are not divisible by {ACTOR}.ulysses_sequence_parallel_size ({sp})")
+        dp = n_gpus // sp
+    if (mini * n) % dp:
+        _fail(f"a mini-batch of {mini} prompts x {n} responses = {mini * n} sequences does not divide over "
+              f"{dp} data-parallel ranks ({n_gpus} GPUs): change {ACTOR}.ppo_mini_batch_size, {ROLLOUT}.n "
+              "or the GPU count")
+    rollout_ranks = rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
+    if n_gpus % rollout_ranks:
+        _fail(f"{n_gpus} GPUs are not divisible by the rollout's TP x DP x PP = {rollout_ranks} "
+              f"({ROLLOUT}.tensor_model_parallel_size={rollout.tensor_model_parallel_size})")
+    seq_len = data.max_prompt_length + data.max_response_length
+    if actor.use_dynamic_bsz and actor.ppo_max_token_len_per_gpu < seq_len:
+        _fail(f"{ACTOR}.ppo_max_token_len_per_gpu ({actor.ppo_max_token_len_per_gpu}) is below one full sequence "
+              f"(data.max_prompt_length + data.max_response_length = {seq_len})")
+
+
+def _check_reward(cfg: DictConfig) -> None:
+    reward = cfg.reward
+    kwargs = reward.get("reward_kwargs") or {}
+    buf = kwargs.get("overlong_buffer_cfg")
+    if buf is not None and buf.get("enable", False):
+        if reward.reward_manager.name != "dapo":
+            _fail("reward.reward_kwargs.overlong_buffer_cfg.enable=True needs reward.reward_manager.name=dapo "
+                  f"(verl's manager that applies it), got {reward.reward_manager.name!r}")
+        max_len = cfg.data.max_response_length
+        if kwargs.get("max_resp_len") != max_len:
+            _fail(f"reward.reward_kwargs.max_resp_len ({kwargs.get('max_resp_len')}) must equal "
+                  f"data.max_response_length ({max_len})")
+        if not 0 < buf.len < max_len:
+            _fail(f"reward.reward_kwargs.overlong_buffer_cfg.len must lie in (0, {max_len}), got {buf.len}")
+    fg = cfg.algorithm.get("filter_groups")
+    if fg is not None and fg.get("enable", False) and not fg.get("metric"):
+        _fail("algorithm.filter_groups.enable=True needs algorithm.filter_groups.metric (for example acc)")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    optim = cfg.actor_rollout_ref.actor.optim
+    impl, name = str(optim.get("optimizer_impl", "")), str(optim.get("optimizer", ""))
+    if impl.split(".")[0] in REFUSED_OPTIMIZER_IMPLS or "schedulefree" in name.lower():
+        _fail(
+            f"{ACTOR}.optim optimizer_impl={impl!r} optimizer={name!r} is refused: schedule-free optimizers must be "
+            "switched with optimizer.train() before each update and optimizer.eval() before evaluation, "
+            "checkpointing and the weight push to the rollout; verl 0.9.1 builds the optimizer but never makes "
+            "these calls (its first step would raise, and a patched run would serve the wrong weights). "
+            "Use AdamW (the paper's default)."
+        )
+
+
+def data_file_lists(cfg: DictConfig) -> dict[str, list[str]]:
+    out = {}
+    for key in ("train_files", "val_files"):
+        value = cfg.data[key]
+        out[key] = [str(v) for v in value] if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [
+            str(value)
+        ]
+    return out
+
+
+def _check_data(files: dict[str, list[str]]) -> None:
+    for key, paths in files.items():
+        if not paths:
+            _fail(f"data.{key} is empty")
+        for p in paths:
+            if "://" in p:  # hdfs:// and similar: verl copies them at run time; not checkable here
+                continue
+            local = os.path.expanduser(p)
+            if not os.path.isfile(local):
+                _fail(
+                    f"data file not found: data.{key} contains {p!r} (looked for {os.path.abspath(local)}). "
+                    f"Create the paper's files with `python scripts/prepare_data.py --out data`, pass data.{key}=..., "
+                    "or skip this check with --skip-data-check"
+                )
+
+
+def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
+    """Run every pre-launch check on a composed config; raise :class:`ConfigError` on the first problem."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from rpg_ext.config import resolve_params
+
+    _resolve(cfg)
+    if not cfg.trainer.get("use_v1", False):
+        _fail("trainer.use_v1=False: the recipe runs verl's v1 trainer (set trainer.use_v1=True)")
+    _check_wiring(cfg)
+    check_policy_loss(cfg.algorithm.policy_loss, registered_policy_losses())
+    _check_optimizer(cfg)
+
+    algorithm = _to_dataclass(cfg.algorithm, "algorithm")
+    actor = _to_dataclass(cfg.actor_rollout_ref.actor, ACTOR)
+    rollout = _to_dataclass(cfg.actor_rollout_ref.rollout, ROLLOUT)
+
+    loss = algorithm.policy_loss
+    uses_reference = bool(need_reference_policy(cfg))
+    if loss.startswith("rpg_"):
+        if actor.use_kl_loss:
+            _fail(f"algorithm.policy_loss={loss} already contains its KL term (beta * k, beta = algorithm.rpg.beta); "
+                  f"{ACTOR}.use_kl_loss=True would add verl's KL loss (and a reference model) on top: set it False")
+        try:
+            resolve_params(actor, loss)  # the same validation the loss runs on every call
+        except ValueError as e:
+            _fail(str(e))
+        if uses_reference:
+            _fail(f"algorithm.policy_loss={loss} uses the sampling policy as reference (no reference model), "
+                  f"but the config loads one ({ACTOR}.use_kl_loss={actor.use_kl_loss}, "
+                  f"algorithm.use_kl_in_reward={algorithm.use_kl_in_reward}): turn both off")
+
+    n_gpus = cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes
+    _check_batches(cfg, actor, n_gpus)
+    _check_reward(cfg)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # need_critic warns that a non-GAE estimator disables the critic
+        uses_critic = bool(need_critic(cfg))
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same conversion notes as above
+            validate_config(cfg, use_reference_policy=uses_reference, use_critic=uses_critic)
+    except (AssertionError, ValueError) as e:
+        _fail(f"verl's validate_config: {e}")
+    for line in printed.getvalue().splitlines():
+        if line.strip() and "All configuration checks passed" not in line:
+            print(line)
+
+    files = data_file_lists(cfg)
+    if check_data:
+        _check_data(files)
+
+    not_checked = []
+    if actor.strategy == "megatron":
+        not_checked.append(
+            "Megatron itself (megatron-core / mbridge import, the model's layer and head counts against "
+            "TP/PP/CP): needs the megatron extra, checked when the workers start"
+        )
+    not_checked.append("the model path and tokenizer (loaded by the workers; no download here), and that vLLM is "
+                       "installed (GPU hosts)")
+    return CheckedConfig(
+        algorithm=algorithm,
+        actor=actor,
+        rollout=rollout,
+        uses_reference=uses_reference,
+        uses_critic=uses_critic,
+        n_gpus=n_gpus,
+        data_files=files,
+        data_checked=check_data,
+        not_checked=not_checked,
+    )

@@ -1,0 +1,414 @@
+"""The recipe's launcher: a few variables -> the Hydra command of ``recipe.rpg.main_rpg``; dry run; run directory.
+
+Called by ``scripts/launch.sh`` (which sets up the Python environment) and the presets ``scripts/run_*.sh``:
+
+    METHOD=rpg_rkl CONTEXT=4k bash scripts/launch.sh [--dry-run] [--dump-config PATH] [--skip-data-check] [key=value ...]
+
+Variables (environment; unset means the recipe's yaml value, which is the paper's):
+    METHOD         rpg_{fkl,rkl,ufkl,urkl} | rpg_reinforce_{fkl,rkl,ufkl,urkl} | grpo | dapo | reinforce_pp
+                   | reinforce_pp_baseline                                     (required; set by the presets)
+    MODEL          model path or hub name                                        (Qwen/Qwen3-4B)
+    CONTEXT        2k | 4k | 8k: max prompt = max response = 2048 / 4096 / 8192  (8k)
+    CLIP           "eps_low,eps_high"                                            (0.2,0.28; GRPO, REINFORCE++: 0.2,0.2)
+    CLIP_C         dual-clip bound c                                             (10)
+    BETA           RPG KL strength                                               (1e-4)
+    RPG_CLIP       dual | truncate | none                                        (dual)
+    LR             learning rate                                                 (1e-6; RPG-REINFORCE: 5e-7)
+    OPTIM          adamw | schedulefree (refused: verl 0.9.1 cannot drive it)    (adamw)
+    STEPS          training steps                                                (400)
+    GPUS_PER_NODE  GPUs per node                                                 (8)
+    NNODES         nodes                                                         (1)
+    ROLLOUT_TP     vLLM tensor parallel size                                     (verl's default, 2)
+    BACKEND        fsdp | megatron                                               (fsdp)
+    DATA_DIR       folder of the default data files                              (<repo>/data)
+    TRAIN_FILES    comma-separated training parquet files  (DATA_DIR/dapo-math-17k-eng.parquet)
+    VAL_FILES      comma-separated validation parquet files (DATA_DIR/{aime2024,aime2025,amc23}.parquet)
+    EXP_NAME       experiment name                                               (<METHOD>-<model>-<CONTEXT>[-megatron])
+    PROJECT        tracking project name                                         (rpg)
+    RUN_DIR        run directory                                                 (<repo>/runs/<EXP_NAME>)
+    LOGGERS        extra loggers besides console and file: wandb, tensorboard    (none)
+
+A launch writes ``<RUN_DIR>/resolved_config.yaml``, logs metrics with verl's file logger to
+``<RUN_DIR>/logs/<UTC timestamp>.jsonl`` (one file per launch: verl's file logger truncates an existing file),
+checkpoints to ``<RUN_DIR>/checkpoints`` (auto-resume) and, with LOGGERS=tensorboard, ``<RUN_DIR>/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rpg_ext import RPG_LOSSES, RPG_REINFORCE_LOSSES
+
+ACTOR_KEY = "actor_rollout_ref.actor"
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO, "recipe", "rpg", "config")
+CONFIG_NAMES = {"fsdp": "rpg_trainer", "megatron": "rpg_megatron_trainer"}
+CONTEXTS = ("2k", "4k", "8k")
+#: METHOD -> (Hydra method group option, algorithm.policy_loss or None for the option's own).
+METHODS = {
+    **{name: ("rpg", name) for name in RPG_LOSSES},
+    **{name: ("rpg_reinforce", name) for name in RPG_REINFORCE_LOSSES},
+    "grpo": ("grpo", None),
+    "dapo": ("dapo", None),
+    "reinforce_pp": ("reinforce_pp", None),
+    "reinforce_pp_baseline": ("reinforce_pp_baseline", None),
+}
+OPTIMIZERS = ("adamw", "schedulefree")
+EXTRA_LOGGERS = ("wandb", "tensorboard")
+DEFAULT_TRAIN_FILE = "dapo-math-17k-eng.parquet"
+DEFAULT_VAL_FILES = ("aime2024.parquet", "aime2025.parquet", "amc23.parquet")
+
+USAGE = """usage: bash scripts/run_<preset>.sh [--dry-run] [--dump-config PATH] [--skip-data-check] [key=value ...]
+  --dry-run          compose and check the full config (verl's validate_config, typed sections, policy-loss
+                     registry, batch sizes, data files), print a summary, exit; starts nothing
+  --dump-config PATH write the fully resolved config as YAML
+  --skip-data-check  do not require the data files to exist (dry run on a laptop without the data)
+  key=value          any Hydra override, passed through (e.g. algorithm.rpg.beta=1e-3 trainer.total_training_steps=2)
+Variables: METHOD MODEL CONTEXT CLIP CLIP_C BETA RPG_CLIP LR OPTIM STEPS GPUS_PER_NODE NNODES ROLLOUT_TP BACKEND
+           DATA_DIR TRAIN_FILES VAL_FILES EXP_NAME PROJECT RUN_DIR LOGGERS (see scripts/launch.sh and the README)"""
+
+
+class LaunchError(ValueError):
+    """A variable or argument of the launcher that cannot be used."""
+
+
+@dataclass
+class Launch:
+    """One launch: the config to compose and where its outputs go."""
+
+    config_name: str
+    overrides: list[str]
+    run_dir: str
+    log_file: str
+    tensorboard_dir: str | None
+    settings: dict[str, str]
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that stays one string whatever characters it has."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _float(env: Mapping[str, str], name: str) -> str:
+    value = env[name].strip()
+    try:
+        float(value)
+    except ValueError:
+        raise LaunchError(f"{name}={env[name]!r} is not a number") from None
+    return value
+
+
+def _int(env: Mapping[str, str], name: str) -> str:
+    value = env[name].strip()
+    if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
+        raise LaunchError(f"{name}={env[name]!r} must be a positive integer")
+    return value
+
+
+def _files(value: str, name: str) -> list[str]:
+    files = [os.path.abspath(os.path.expanduser(f.strip())) for f in value.split(",") if f.strip()]
+    if not files:
+        raise LaunchError(f"{name}={value!r} names no file")
+    return files
+
+
+def utc_timestamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def build_launch(env: Mapping[str, str], extra_overrides: list[str], timestamp: str | None = None) -> Launch:
+    """Translate the launcher's variables into a config name and Hydra overrides (user overrides last)."""
+    env = {k: v for k, v in env.items() if v != ""}
+    method = env.get("METHOD")
+    if method not in METHODS:
+        raise LaunchError(f"METHOD={method!r} is not a preset; choose one of: {', '.join(METHODS)}")
+    backend = env.get("BACKEND", "fsdp")
+    if backend not in CONFIG_NAMES:
+        raise LaunchError(f"BACKEND={backend!r}; choose one of: {', '.join(CONFIG_NAMES)}")
+    context = env.get("CONTEXT", "8k")
+    if context not in CONTEXTS:
+        raise LaunchError(f"CONTEXT={context!r}; choose one of: {', '.join(CONTEXTS)}")
+    optim = env.get("OPTIM", "adamw").lower()
+    if optim not in OPTIMIZERS:
+        raise LaunchError(f"OPTIM={env.get('OPTIM')!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if optim == "schedulefree":
+        raise LaunchError(
+            "OPTIM=schedulefree is refused: a schedule-free optimizer must be switched with optimizer.train() "
+            "before each update and optimizer.eval() before evaluation, checkpointing and the weight push to the "
+            "rollout. verl 0.9.1 can build it (optim.optimizer_impl=schedulefree) but never makes these calls, so "
+            "its first step raises, and a run patched past that would train and serve the wrong weights. "
+            "Use OPTIM=adamw (the paper's default); see the README, 'Limitations'."
+        )
+
+    group, policy_loss = METHODS[method]
+    ov = [f"method={group}", f"context={context}"]
+    if policy_loss is not None:
+        ov.append(f"algorithm.policy_loss={policy_loss}")
+    if "MODEL" in env:
+        ov.append(f"actor_rollout_ref.model.path={_quote(env['MODEL'])}")
+    if "CLIP" in env:
+        parts = [p.strip() for p in env["CLIP"].split(",")]
+        if len(parts) != 2:
+            raise LaunchError(f"CLIP={env['CLIP']!r} must be 'eps_low,eps_high', for example 0.2,0.28")
+        low, high = (_float({"CLIP": p}, "CLIP") for p in parts)
+        ov += [f"actor_rollout_ref.actor.clip_ratio_low={low}", f"actor_rollout_ref.actor.clip_ratio_high={high}"]
+    if "CLIP_C" in env:
+        ov.append(f"actor_rollout_ref.actor.clip_ratio_c={_float(env, 'CLIP_C')}")
+    if "BETA" in env:
+        ov.append(f"algorithm.rpg.beta={_float(env, 'BETA')}")
+    if "RPG_CLIP" in env:
+        ov.append(f"algorithm.rpg.clip={env['RPG_CLIP']}")
+    if "LR" in env:
+        ov.append(f"actor_rollout_ref.actor.optim.lr={_float(env, 'LR')}")
+    if "STEPS" in env:
+        ov.append(f"trainer.total_training_steps={_int(env, 'STEPS')}")
+    if "GPUS_PER_NODE" in env:
+        ov.append(f"trainer.n_gpus_per_node={_int(env, 'GPUS_PER_NODE')}")
+    if "NNODES" in env:
+        ov.append(f"trainer.nnodes={_int(env, 'NNODES')}")
+    if "ROLLOUT_TP" in env:
+        ov.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={_int(env, 'ROLLOUT_TP')}")
+
+    data_dir = os.path.abspath(os.path.expanduser(env.get("DATA_DIR", os.path.join(REPO, "data"))))
+    train = _files(env["TRAIN_FILES"], "TRAIN_FILES") if "TRAIN_FILES" in env else [
+        os.path.join(data_dir, DEFAULT_TRAIN_FILE)
+    ]
+    val = _files(env["VAL_FILES"], "VAL_FILES") if "VAL_FILES" in env else [
+        os.path.join(data_dir, f) for f in DEFAULT_VAL_FILES
+    ]
+    ov.append("data.train_files=[" + ",".join(_quote(f) for f in train) + "]")
+    ov.append("data.val_files=[" + ",".join(_quote(f) for f in val) + "]")
+
+    model_tag = os.path.basename(os.path.normpath(env.get("MODEL", "Qwen/Qwen3-4B"))).lower()
+    exp_name = env.get("EXP_NAME") or f"{method}-{model_tag}-{context}" + ("-megatron" if backend == "megatron" else "")
+    run_dir = os.path.abspath(os.path.expanduser(env.get("RUN_DIR", os.path.join(REPO, "runs", exp_name))))
+    log_file = os.path.join(run_dir, "logs", f"{timestamp or utc_timestamp()}.jsonl")
+    loggers = ["console", "file"]
+    for name in (x.strip().lower() for x in env.get("LOGGERS", "").split(",")):
+        if not name or name in loggers:
+            continue
+        if name not in EXTRA_LOGGERS:
+            raise LaunchError(f"LOGGERS contains {name!r}; extra loggers: {', '.join(EXTRA_LOGGERS)}")
+        loggers.append(name)
+    tensorboard_dir = os.path.join(run_dir, "tensorboard") if "tensorboard" in loggers else None
+    ov.append(f"trainer.experiment_name={_quote(exp_name)}")
+    if "PROJECT" in env:
+        ov.append(f"trainer.project_name={_quote(env['PROJECT'])}")
+    ov.append("trainer.logger=[" + ",".join(loggers) + "]")
+    ov.append(f"trainer.default_local_dir={_quote(os.path.join(run_dir, 'checkpoints'))}")
+    # Every Ray worker (the driver-side TaskRunner that owns the loggers may run on any node) gets the paths.
+    env_vars = "ray_kwargs.ray_init.runtime_env.env_vars"
+    ov.append(f"+{env_vars}.VERL_FILE_LOGGER_PATH={_quote(log_file)}")
+    if tensorboard_dir:
+        ov.append(f"+{env_vars}.TENSORBOARD_DIR={_quote(tensorboard_dir)}")
+
+    settings = dict(method=method, backend=backend, context=context, optim=optim)
+    return Launch(CONFIG_NAMES[backend], ov + list(extra_overrides), run_dir, log_file, tensorboard_dir, settings)
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The config ``python -m recipe.rpg.main_rpg --config-name <name> <overrides>`` runs with."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def compose_error_message(e: Exception) -> str:
+    msg = str(e).strip()
+    cause = e.__cause__
+    while cause is not None:  # Hydra's "Could not override 'x'" hides the "Key 'x' is not in struct" part
+        msg += f"\n  {str(cause).strip().splitlines()[0]}"
+        cause = cause.__cause__
+    found = re.search(r"Could not override '([^']+)'", msg)
+    if "not in struct" in msg and found:
+        return (f"unknown config key {found.group(1)!r} (check the spelling; a genuinely new key needs a leading "
+                f"'+'):\n  {msg}")
+    return f"config composition failed: {msg}"
+
+
+def summary(launch: Launch, cfg, checked) -> list[str]:
+    """A short human summary of what the launch would run."""
+    a, actor, r = checked.algorithm, checked.actor, checked.rollout
+    loss = a.policy_loss
+    d, t = cfg.data, cfg.trainer
+    fg = a.filter_groups
+    buf = cfg.reward.get("reward_kwargs", {}).get("overlong_buffer_cfg") or {}
+    kl = []
+    if loss.startswith("rpg_"):
+        kl.append(f"in the loss: beta * k of {loss} (beta={a.rpg.beta})")
+    kl.append(f"verl KL loss: {'%s, coef %s' % (actor.kl_loss_type, actor.kl_loss_coef) if actor.use_kl_loss else 'off'}")
+    kl.append(f"KL in reward: {'%s, coef %s' % (a.kl_penalty, a.kl_ctrl.kl_coef) if a.use_kl_in_reward else 'off'}")
+    steps_per_batch = d.train_batch_size // actor.ppo_mini_batch_size
+    optim = actor.optim
+    warm = f"warm-up {optim.lr_warmup_steps} steps, then constant"
+    lines = [
+        f"recipe dry run OK: {launch.settings['method']} ({launch.config_name}, backend {actor.strategy}, "
+        f"context {launch.settings['context']})",
+        f"  policy loss   {loss} (algorithm.policy_loss -> {ACTOR_KEY}.policy_loss.loss_mode; registered)",
+        f"  rpg           beta={a.rpg.beta} clip={a.rpg.clip}" if loss.startswith("rpg_") else
+        "  rpg           not used by this loss",
+        f"  clip          eps_low={actor.clip_ratio_low} eps_high={actor.clip_ratio_high} c={actor.clip_ratio_c}",
+        f"  advantages    {a.adv_estimator} (norm_adv_by_std_in_grpo={a.norm_adv_by_std_in_grpo})",
+        f"  KL            " + "; ".join(kl),
+        f"  reference     {'yes (a reference model is loaded)' if checked.uses_reference else 'none (no reference model)'}"
+        f"; critic {'yes' if checked.uses_critic else 'none'}",
+        f"  batch         {d.train_batch_size} prompts x {r.n} responses; mini-batch {actor.ppo_mini_batch_size} "
+        f"prompts ({steps_per_batch} optimizer steps per step); dynamic bsz "
+        + (f"{actor.ppo_max_token_len_per_gpu} tokens/GPU" if actor.use_dynamic_bsz else "off")
+        + f"; loss agg {actor.loss_agg_mode}",
+        f"  lengths       prompt {d.max_prompt_length}, response {d.max_response_length}; overlong buffer "
+        + (f"{buf.get('len')} tokens, penalty {buf.get('penalty_factor')}" if buf.get("enable") else "off"),
+        "  sampling      "
+        + (f"DAPO dynamic sampling: groups filtered on {fg.metric}, up to {fg.max_inflight_gen_batches} x "
+           f"{d.train_batch_size} prompts in flight" if fg is not None and fg.enable else "no group filtering")
+        + f"; temperature {r.temperature}",
+        f"  optimizer     {optim.get('optimizer', 'AdamW')} lr={optim.lr} weight_decay={optim.weight_decay} "
+        f"clip_grad={optim.clip_grad}; {warm}",
+        f"  steps         {t.total_training_steps}; validation every {t.test_freq} (before training: "
+        f"{t.val_before_train}), {r.val_kwargs.n} samples/problem; checkpoint every {t.save_freq}, "
+        f"resume {t.resume_mode}",
+        f"  GPUs          {t.nnodes} node(s) x {t.n_gpus_per_node} = {checked.n_gpus}; rollout {r.name} "
+        f"TP={r.tensor_model_parallel_size}",
+        f"  model         {cfg.actor_rollout_ref.model.path}",
+        "  data          "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in checked.data_files.items())
+        + ("" if checked.data_checked else "  (existence not checked: --skip-data-check)"),
+        f"  run dir       {launch.run_dir} (log {os.path.relpath(launch.log_file, launch.run_dir)}, "
+        f"loggers {list(t.logger)})",
+    ]
+    lines += [f"  not checked   {item}" for item in checked.not_checked]
+    return lines
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken CUDA install counts as no GPU; the message says what is needed
+        return 0
+
+
+def no_gpu_message(launch: Launch, cfg, script: str) -> str:
+    t = cfg.trainer
+    return (
+        "No GPU is visible on this machine, so nothing was started (no Ray, no download).\n"
+        f"The real run of {launch.settings['method']} needs {t.nnodes} node(s) x {t.n_gpus_per_node} NVIDIA GPUs "
+        "(the paper used 8 x H100 80GB), verl 0.9.1 with vLLM (`bash scripts/setup.sh` on a GPU host installs it"
+        + (", RPG_EXTRAS=test,vllm,megatron for Megatron" if launch.settings["backend"] == "megatron" else "")
+        + "), the model weights and the data files.\n"
+        f"Check this exact command here instead:  bash {script} --dry-run [--skip-data-check] [overrides ...]"
+    )
+
+
+def run_without_gpu(launch: Launch, cfg, script: str) -> int:
+    """What a launch does on a machine without a GPU: stop before Ray with a message (exit 3)."""
+    print(no_gpu_message(launch, cfg, script), file=sys.stderr)
+    return 3
+
+
+def start(launch: Launch, cfg) -> None:
+    """Write the run directory and hand over to ``python -m recipe.rpg.main_rpg`` (does not return)."""
+    from omegaconf import OmegaConf
+
+    os.makedirs(os.path.join(launch.run_dir, "logs"), exist_ok=True)
+    os.makedirs(os.path.join(launch.run_dir, "checkpoints"), exist_ok=True)
+    if launch.tensorboard_dir:
+        os.makedirs(launch.tensorboard_dir, exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(launch.run_dir, "resolved_config.yaml"), resolve=True)
+    os.environ["VERL_FILE_LOGGER_PATH"] = launch.log_file
+    if launch.tensorboard_dir:
+        os.environ["TENSORBOARD_DIR"] = launch.tensorboard_dir
+    stamp = os.path.splitext(os.path.basename(launch.log_file))[0]
+    argv = [sys.executable, "-m", "recipe.rpg.main_rpg", "--config-name", launch.config_name, *launch.overrides,
+            f"hydra.run.dir={_quote(os.path.join(launch.run_dir, 'hydra', stamp))}"]
+    print(f"[launch] run dir {launch.run_dir}; metrics -> {launch.log_file}", flush=True)
+    os.execv(sys.executable, argv)
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    opts = {"dry_run": False, "dump_config": None, "check_data": True, "help": False}
+    overrides = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--dry-run":
+            opts["dry_run"] = True
+        elif arg == "--skip-data-check":
+            opts["check_data"] = False
+        elif arg == "--dump-config" or arg.startswith("--dump-config="):
+            path = arg.partition("=")[2] if "=" in arg else next(it, None)
+            if not path:
+                raise LaunchError("--dump-config needs a path")
+            opts["dump_config"] = path
+        elif arg in ("-h", "--help"):
+            opts["help"] = True
+        elif arg.startswith("-") or "=" not in arg:
+            raise LaunchError(f"unknown argument {arg!r}: expected --dry-run, --dump-config PATH, "
+                              "--skip-data-check or Hydra key=value overrides")
+        else:
+            overrides.append(arg)
+    return opts, overrides
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    script = env.get("RPG_PRESET_SCRIPT") or "scripts/launch.sh"
+    try:
+        opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        if opts["help"]:
+            print(USAGE)
+            return 0
+        launch = build_launch(env, overrides)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from omegaconf import OmegaConf
+
+    from recipe.rpg.checks import ConfigError, check_config
+
+    try:
+        cfg = compose(launch.config_name, launch.overrides)
+    except Exception as e:  # hydra's OverrideParseException / ConfigCompositionException / MissingConfigException
+        print(f"error: {compose_error_message(e)}", file=sys.stderr)
+        return 2
+    try:
+        if opts["dump_config"]:
+            path = os.path.abspath(opts["dump_config"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            OmegaConf.save(cfg, path, resolve=True)
+        checked = check_config(cfg, check_data=opts["check_data"])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # resolution errors while dumping
+        print(f"error: the config cannot be resolved: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+    if opts["dry_run"]:
+        print("\n".join(summary(launch, cfg, checked)))
+        if opts["dump_config"]:
+            print(f"  config dumped {os.path.abspath(opts['dump_config'])}")
+        return 0
+    if gpu_count() == 0:
+        return run_without_gpu(launch, cfg, script)
+    if cfg.trainer.nnodes == 1 and gpu_count() < cfg.trainer.n_gpus_per_node:
+        print(f"error: trainer.n_gpus_per_node={cfg.trainer.n_gpus_per_node} but this node has {gpu_count()} GPUs "
+              "(set GPUS_PER_NODE)", file=sys.stderr)
+        return 2
+    start(launch, cfg)
+    return 0  # not reached: start() replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
