@@ -1,0 +1,1 @@
+"""Recipes built on verl's trainer (Hydra configs, entry points, reward functions)."""
