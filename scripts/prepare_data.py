@@ -443,9 +443,8 @@ def write_parquet_atomic(rows: list[dict], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Build the paper's training/evaluation parquet files (verl RL format).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=REPO / "data", help="output directory")
+    p.add_argument("--out", type=Path, default=REPO / "data", help="output directory (default: data/ in the repo)")
     p.add_argument(
         "--eval-from",
         type=Path,
