@@ -47,7 +47,7 @@ STATS = ("last", "best")
 
 
 class ReportError(ValueError):
-    """Inputs a table cannot be made from (bad option values, duplicate labels, nothing logged at all)."""
+    """Inputs a table cannot be made from (bad option values, duplicate labels)."""
 
 
 @dataclass
@@ -267,7 +267,10 @@ def build_report(runs: list[RunLog], opts: Options) -> Report:
         table_notes.append(f"Not shown: {', '.join(BENCHMARK_TITLES.get(b, b) for b in dropped)} "
                            f"(no run logged val-core/<data source>/{opts.val_var}/mean@<n> for them).")
     if not columns:
-        table_notes.append(f"No run logged any val-core/<data source>/{opts.val_var}/mean@<n> metric: "
+        other = sorted({m.group(1) for r in runs for name in r.series
+                        for m in [re.match(r"^val-core/[^/]+/([^/]+)/mean@\d+$", name)] if m})
+        hint = f" (the runs log val-core/<data source>/{other[0]}/mean@<n>: use --val-var {other[0]})" if other else ""
+        table_notes.append(f"No run logged any val-core/<data source>/{opts.val_var}/mean@<n> metric{hint}: "
                            "the table has no benchmark columns.")
 
     rows: list[Row] = []

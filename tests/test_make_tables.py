@@ -269,6 +269,23 @@ def test_diagnostics_name_run_and_problem(runs):
     assert sorted(rc.series["actor/entropy"]) == C_TRAIN_STEPS
 
 
+def test_tensorboard_resumed_run_later_file_wins(tmp_path):
+    """A resumed run with TensorBoard: one event file per launch in the same directory, merged by step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for steps, value in ((range(0, 6), 0.1), (range(5, 9), 0.2)):
+        writer = SummaryWriter(str(tmp_path / "tb"))
+        for s in steps:
+            writer.add_scalar("val-core/aime2024/acc/mean@32", value + s / 100, s)
+        writer.close()
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2
+    run = load_run("R", tmp_path / "tb")
+    assert run.source == "tensorboard" and len(run.segments) == 2
+    assert run.series["val-core/aime2024/acc/mean@32"] == pytest.approx(
+        {s: (0.1 if s < 5 else 0.2) + s / 100 for s in range(9)})
+    assert [d.kind for d in run.diagnostics] == ["overlap"] and "re-logs step 5 " in run.diagnostics[0].message
+
+
 def test_figure_lines_per_panel(runs, produced):
     _, out = produced
     for name, magic in (("curves.png", b"\x89PNG"), ("curves.pdf", b"%PDF")):
@@ -402,6 +419,9 @@ def test_map_val_var_and_sample_count_notes(tmp_path):
     assert "use --val-var reward" in cell.note
     report = _report_for(tmp_path, reward_only, step=10, val_var="reward")
     assert report.rows[0].cells[("aime2024", "best")].value == 0.4
+
+    no_acc = _report_for(tmp_path, reward_only, step=10)
+    assert no_acc.columns == [] and "use --val-var reward" in no_acc.table_notes[-1]
 
     two_n = {10: {"val-core/aime2024/acc/mean@16": 0.4}, 20: {"val-core/aime2024/acc/mean@32": 0.5}}
     cell = _report_for(tmp_path, two_n, step=20).rows[0].cells[("aime2024", "last")]
