@@ -15,12 +15,16 @@ CHAT_TEMPLATE = (
 
 
 def shared_eval_dir() -> Path:
-    """The paper's released evaluation files: $RPG_SHARED_DATA/eval, else ../shared/data/eval next to the repo."""
-    root = Path(os.environ.get("RPG_SHARED_DATA", REPO.parent / "shared" / "data"))
-    path = root / "eval"
-    if not path.is_dir():
-        pytest.fail(f"shared evaluation files not found at {path}; set RPG_SHARED_DATA to the shared data directory")
-    return path
+    """The paper's released evaluation files: $RPG_SHARED_DATA/eval if set, else shared/data/eval next to the
+    repository, else the project machines' /work/shared/data/eval."""
+    if "RPG_SHARED_DATA" in os.environ:
+        candidates = [Path(os.environ["RPG_SHARED_DATA"]) / "eval"]
+    else:
+        candidates = [REPO.parent / "shared" / "data" / "eval", Path("/work/shared/data/eval")]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    pytest.fail(f"shared evaluation files not found at {[str(p) for p in candidates]}; set RPG_SHARED_DATA")
 
 
 def build_byte_tokenizer(out_dir: Path) -> Path:
