@@ -14,12 +14,12 @@ import torch
 from rpg_ext import RPG_LOSS_NAMES, RPG_LOSSES, RPG_REINFORCE_LOSSES
 from tests.rpg_helpers import call_loss, loss_config
 
-torch.set_default_dtype(torch.float64)
+F64 = torch.float64
 
 COUNTS = torch.tensor([1, 2, 3, 4, 6])  # pi_old = COUNTS / 16, exactly representable
 N = int(COUNTS.sum())
 TOKENS = torch.repeat_interleave(torch.arange(len(COUNTS)), COUNTS)  # the batch: every token as often as pi_old says
-LOG_PI_OLD = torch.log(COUNTS / N)
+LOG_PI_OLD = torch.log(COUNTS.to(F64) / N)
 
 
 def exact_divergence(div, p_theta, p_ref):
@@ -81,25 +81,25 @@ def gen():
 @pytest.mark.parametrize("normalized", [True, False], ids=["softmax", "measure"])
 @pytest.mark.parametrize("name", RPG_LOSS_NAMES)
 def test_unclipped_off_policy_gradient_is_exact(name, normalized, gen):
-    theta0 = LOG_PI_OLD + 0.6 * torch.randn(len(COUNTS), generator=gen)  # far from pi_old: w in ~[0.3, 3]
-    adv = torch.randn(len(COUNTS), generator=gen)
+    theta0 = LOG_PI_OLD + 0.6 * torch.randn(len(COUNTS), generator=gen, dtype=F64)  # far from pi_old: w in ~[0.3, 3]
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
     check_exact(name, theta0, adv, beta=0.7, clip="none", normalized=normalized)
 
 
 @pytest.mark.parametrize("name", RPG_LOSS_NAMES)
 def test_kl_part_alone_is_exact(name, gen):
     # A = 0: the whole gradient is beta * grad D, nothing for the reward part to hide an error in
-    theta0 = LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen)
-    check_exact(name, theta0, torch.zeros(len(COUNTS)), beta=1.3, clip="none", normalized=False)
+    theta0 = LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    check_exact(name, theta0, torch.zeros(len(COUNTS), dtype=F64), beta=1.3, clip="none", normalized=False)
 
 
 @pytest.mark.parametrize("normalized", [True, False], ids=["softmax", "measure"])
 @pytest.mark.parametrize("name", RPG_LOSS_NAMES)
 def test_dual_clip_inside_trust_region_is_exact(name, normalized, gen):
-    theta0 = LOG_PI_OLD + 0.04 * torch.randn(len(COUNTS), generator=gen)
+    theta0 = LOG_PI_OLD + 0.04 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
     w = (policy(theta0, normalized) - LOG_PI_OLD).exp()
     assert ((w > 0.8) & (w < 1.28)).all(), "test precondition: every token inside the trust region"
-    adv = torch.randn(len(COUNTS), generator=gen)
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
     metrics = check_exact(name, theta0, adv, beta=0.7, clip="dual", normalized=normalized)
     assert metrics["actor/rpg/clipfrac_high"] == metrics["actor/rpg/clipfrac_low"] == 0.0
     assert metrics["actor/rpg/clipfrac_dual"] == 0.0
@@ -111,18 +111,18 @@ def test_dual_clip_inside_trust_region_is_exact(name, normalized, gen):
 @pytest.mark.parametrize("name", RPG_LOSS_NAMES)
 def test_general_reference_gradient_is_exact(name, normalized, gen):
     # pi_ref != pi_old (spec's general columns: rho = pi_ref / pi_old, log u = log pi_theta / pi_ref)
-    theta0 = LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen)
-    log_pi_ref = torch.log_softmax(LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen), -1)
-    adv = torch.randn(len(COUNTS), generator=gen)
+    theta0 = LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    log_pi_ref = torch.log_softmax(LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen, dtype=F64), -1)
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
     check_exact(name, theta0, adv, beta=0.7, clip="none", normalized=normalized, log_pi_ref=log_pi_ref)
 
 
 @pytest.mark.parametrize("name", RPG_LOSS_NAMES)
 def test_reference_equal_to_old_matches_default(name, gen):
     # passing ref_log_prob = old_log_prob is the same loss as the iterative-reference default
-    lp = (LOG_PI_OLD + 0.3 * torch.randn(len(COUNTS), generator=gen))[TOKENS].unsqueeze(-1).requires_grad_(True)
+    lp = (LOG_PI_OLD + 0.3 * torch.randn(len(COUNTS), generator=gen, dtype=F64))[TOKENS].unsqueeze(-1).requires_grad_(True)
     olp = LOG_PI_OLD[TOKENS].unsqueeze(-1)
-    A = torch.randn(len(COUNTS), generator=gen)[TOKENS].unsqueeze(-1)
+    A = torch.randn(len(COUNTS), generator=gen, dtype=F64)[TOKENS].unsqueeze(-1)
     mask = torch.ones_like(lp, dtype=torch.bool)
     cfg = loss_config(beta=0.5)
     l1, m1 = call_loss(name, lp, olp, A, mask, cfg)
@@ -136,8 +136,8 @@ def test_reference_equal_to_old_matches_default(name, gen):
 
 def test_the_enumeration_detects_a_wrong_divergence(gen):
     # negative control: the fully differentiable fkl surrogate is not exact for the rkl objective
-    theta0 = LOG_PI_OLD + 0.6 * torch.randn(len(COUNTS), generator=gen)
-    adv = torch.randn(len(COUNTS), generator=gen)
+    theta0 = LOG_PI_OLD + 0.6 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
     with pytest.raises(AssertionError):
         check_exact_with_objective_of("rpg_fkl", "rkl", theta0, adv)
 
