@@ -53,10 +53,26 @@ def _fail(msg: str) -> None:
 
 
 def registered_policy_losses() -> list[str]:
-    """Names in verl's policy-loss registry after ``import verl`` (which loads the rpg plugin)."""
+    """Names in verl's policy-loss registry as a Ray worker sees them: ``import verl`` loads the ``verl.plugins``
+    entry points, whose ``rpg`` entry is ``rpg_ext.plugin``.
+
+    The entry point must be installed, and the plugin module is imported here as verl imports it (a no-op when
+    ``import verl`` already did; needed when this process imported ``rpg_ext.config`` before verl, which makes
+    verl's own plugin import fail on the half-initialized module and hide the error).
+    """
+    from importlib.metadata import entry_points
+
     import verl  # noqa: F401  (loads verl.plugins entry points)
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
 
+    plugins = [ep.value for ep in entry_points(group="verl.plugins")]
+    if "rpg_ext.plugin" not in plugins:
+        _fail("the rpg_ext plugin is not installed as a 'verl.plugins' entry point, so Ray workers would not "
+              f"register the RPG losses (found: {plugins}); reinstall with `pip install -e .`")
+    try:
+        import rpg_ext.plugin  # noqa: F401
+    except Exception as e:
+        _fail(f"the rpg_ext plugin fails to import: {type(e).__name__}: {e} (see `python -m rpg_ext check`)")
     return sorted(POLICY_LOSS_REGISTRY)
 
 
