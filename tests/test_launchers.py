@@ -109,3 +109,34 @@ def test_main_rpg_refuses_a_bad_config_before_ray():
     assert proc.returncode == 2
     assert "algorithm.rpg.beta must be a finite float >= 0" in proc.stderr
     assert "ray init" not in proc.stdout
+
+
+def test_a_launch_writes_the_run_dir_and_hands_main_rpg_the_same_config(tmp_path, monkeypatch):
+    """The GPU path up to the hand-over: run directory, per-launch log path, and a main_rpg command line that
+    composes exactly the config the launcher checked and saved (run here with Hydra's --cfg job)."""
+    from recipe.rpg import launch
+
+    for name in (launch.DEFAULT_TRAIN_FILE, *launch.DEFAULT_VAL_FILES):
+        (tmp_path / name).write_bytes(b"")
+    run_dir = tmp_path / "my run's dir"  # a space and a quote must survive the Hydra command line
+    calls = []
+    monkeypatch.setattr(launch, "gpu_count", lambda: 8)
+    monkeypatch.setattr(launch.os, "execv", lambda exe, argv: calls.append(argv))
+    for var in ("VERL_FILE_LOGGER_PATH", "TENSORBOARD_DIR"):  # restored after the test
+        monkeypatch.setenv(var, "unset")
+    env = {"METHOD": "rpg_ufkl", "CONTEXT": "2k", "DATA_DIR": str(tmp_path), "RUN_DIR": str(run_dir),
+           "LOGGERS": "tensorboard"}
+    assert launch.main(["algorithm.rpg.beta=0.002"], env=env) == 0
+    (argv,) = calls
+    saved = OmegaConf.load(run_dir / "resolved_config.yaml")
+    log_file = saved.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH
+    assert re.fullmatch(re.escape(str(run_dir / "logs")) + r"/\d{8}T\d{6}Z\.jsonl", log_file)
+    assert (run_dir / "logs").is_dir() and (run_dir / "checkpoints").is_dir() and (run_dir / "tensorboard").is_dir()
+    assert launch.os.environ["VERL_FILE_LOGGER_PATH"] == log_file
+    assert saved.trainer.default_local_dir == str(run_dir / "checkpoints")
+    assert saved.algorithm.rpg.beta == 0.002 and saved.data.max_response_length == 2048
+
+    assert argv[1:4] == ["-m", "recipe.rpg.main_rpg", "--config-name"]
+    proc = run([sys.executable, *argv[1:], "--cfg", "job", "--resolve"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert OmegaConf.create(proc.stdout) == saved
