@@ -18,7 +18,8 @@ import torch
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register_policy_loss
 
 from rpg_ext import DIVERGENCES, RPG_LOSS_NAMES
-from rpg_ext.config import RPGParams, _get, resolve_params
+from rpg_ext import config as rpg_config  # module, not names: `import rpg_ext.config` first imports verl, whose
+# plugin loading imports this module while rpg_ext.config is still half-initialized
 from rpg_ext.kl import Divergence, get_divergence, log_ratios
 
 Tensor = torch.Tensor
@@ -31,7 +32,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def rpg_token_loss(
-    div: Divergence, log_prob, old_log_prob, advantages, p: RPGParams, ref_log_prob=None
+    div: Divergence, log_prob, old_log_prob, advantages, p: rpg_config.RPGParams, ref_log_prob=None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token loss of ``rpg_<div>`` (spec section 1) and the tensors its metrics need."""
     log_w, log_u, rho = log_ratios(log_prob, old_log_prob, ref_log_prob)
@@ -56,7 +57,7 @@ def rpg_token_loss(
 
 
 def rpg_reinforce_token_loss(
-    div: Divergence, log_prob, old_log_prob, advantages, p: RPGParams, ref_log_prob=None
+    div: Divergence, log_prob, old_log_prob, advantages, p: rpg_config.RPGParams, ref_log_prob=None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token loss of ``rpg_reinforce_<div>`` (spec section 2) and the tensors its metrics need."""
     A = advantages
@@ -122,7 +123,7 @@ def _aggregate(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str, config: Any) 
 
     Without global info (a direct call on one micro-batch), an all-masked micro-batch gives 0, not 0/0.
     """
-    info = dict(_get(config, "global_batch_info", None) or {})
+    info = dict(rpg_config._get(config, "global_batch_info", None) or {})
     if (info.get("dp_size") or 1) <= 1:
         if loss_agg_mode == "token-mean" and info.get("batch_num_tokens") is None:
             info["batch_num_tokens"] = mask.sum().clamp(min=1)
@@ -143,7 +144,7 @@ def rpg_policy_loss(
     ref_log_prob: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The RPG loss ``name`` (one of ``rpg_ext.RPG_LOSS_NAMES``) on one micro-batch."""
-    p = resolve_params(config, name)
+    p = rpg_config.resolve_params(config, name)
     reinforce = name.startswith("rpg_reinforce_")
     div = get_divergence(name.rsplit("_", 1)[1])
     dtype = _compute_dtype(log_prob)

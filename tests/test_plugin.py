@@ -29,6 +29,13 @@ def test_plain_import_verl_registers_all_eight_in_a_fresh_process():
     assert "vanilla" in names  # verl's own losses are untouched
 
 
+def test_importing_our_config_module_first_still_registers_the_losses():
+    # `import rpg_ext.config` imports verl, whose plugin loading imports rpg_ext.losses mid-way: no import cycle
+    out = run_python("import rpg_ext.config; " + PROBE)
+    assert out.returncode == 0, out.stderr
+    assert set(RPG_LOSS_NAMES) <= set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def test_registration_is_idempotent():
     code = textwrap.dedent(
         """
