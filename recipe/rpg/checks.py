@@ -217,7 +217,8 @@ def _check_data(files: dict[str, list[str]]) -> None:
             if not os.path.isfile(local):
                 _fail(
                     f"data file not found: data.{key} contains {p!r} (looked for {os.path.abspath(local)}). "
-                    f"Create the paper's files with `python scripts/prepare_data.py --out data`, pass data.{key}=..., "
+                    f"Create the paper's files with `python scripts/prepare_data.py --eval-from ../shared/data/eval "
+                    f"--train-from PATH/TO/DAPO-Math-17k.parquet` (writes data/), pass data.{key}=..., "
                     "or skip this check with --skip-data-check"
                 )
 
