@@ -70,3 +70,66 @@ def log_ratios(
     log_u = torch.clamp(log_prob - ref_log_prob, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
     rho = torch.exp(torch.clamp(ref_log_prob - old_log_prob, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)).detach()
     return log_w, log_u, rho
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# KL-estimator registry: per-token KL estimates by name, the RPG divergences and verl's own estimators.
+
+KLEstimator = Callable[..., Tensor]  # (log_prob, ref_log_prob, old_log_prob=None) -> per-token k
+KL_ESTIMATOR_REGISTRY: dict[str, KLEstimator] = {}
+
+#: verl 0.9.1's own estimator names (``verl.trainer.ppo.core_algos.kl_penalty_forward``), without the '+' suffix.
+VERL_KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+
+
+def register_kl_estimator(name: str):
+    def decorator(fn: KLEstimator) -> KLEstimator:
+        KL_ESTIMATOR_REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_kl_estimator(name: str) -> KLEstimator:
+    if name not in KL_ESTIMATOR_REGISTRY:
+        raise ValueError(f"Unknown KL estimator {name!r}; registered: {sorted(KL_ESTIMATOR_REGISTRY)}")
+    return KL_ESTIMATOR_REGISTRY[name]
+
+
+def rpg_kl_term(div: str, log_prob: Tensor, ref_log_prob: Tensor | None, old_log_prob: Tensor | None = None) -> Tensor:
+    """Per-token k of the RPG divergence ``div`` for samples of pi_old.
+
+    - ``old_log_prob`` and ``ref_log_prob`` given: the general form (rho = pi_ref/pi_old, log u = log pi_theta/pi_ref).
+    - ``ref_log_prob=None``: the reference is the sampling policy (the "ref = old" column).
+    - ``old_log_prob=None``: the samples are taken to be on-policy, pi_old = pi_theta (w = 1 in value, its
+      gradient kept: old_log_prob := log_prob.detach()). This is what verl's two-log-prob KL call sites can use.
+    """
+    if old_log_prob is None:
+        old_log_prob = log_prob.detach()
+    log_w, log_u, rho = log_ratios(log_prob, old_log_prob, ref_log_prob)
+    return get_divergence(div).k(torch.exp(log_w), log_u, rho)
+
+
+def _register_rpg_estimator(div: str) -> None:
+    @register_kl_estimator(f"rpg_{div}")
+    def estimator(log_prob, ref_log_prob, old_log_prob=None):
+        return rpg_kl_term(div, log_prob, ref_log_prob, old_log_prob)
+
+
+for _div in ("fkl", "rkl", "ufkl", "urkl"):
+    _register_rpg_estimator(_div)
+#: names the RPG divergences have as KL estimators (``kl_loss_type`` / ``algorithm.kl_penalty`` in verl)
+RPG_KL_ESTIMATORS = tuple(f"rpg_{d}" for d in ("fkl", "rkl", "ufkl", "urkl"))
+
+
+def _register_verl_estimator(name: str) -> None:
+    @register_kl_estimator(name)
+    def estimator(log_prob, ref_log_prob, old_log_prob=None):
+        # verl's own estimator, called through verl (original, unpatched implementation); no importance weight
+        from rpg_ext.kl_penalty import verl_kl_penalty_forward
+
+        return verl_kl_penalty_forward(log_prob, ref_log_prob, name)
+
+
+for _name in VERL_KL_ESTIMATORS:
+    _register_verl_estimator(_name)
