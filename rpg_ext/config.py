@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
@@ -155,21 +155,101 @@ from verl.trainer.config import AlgoConfig  # noqa: E402  (appended section; ver
 _ALGO_KEY = "algorithm"
 
 
+REFERENCE_MODES = ("sampling", "fixed", "periodic")
+KL_DIVERGENCES = ("fkl", "rkl", "ufkl", "urkl")
+
+
+@dataclass
+class RPGKLConfig(BaseConfig):
+    """``algorithm.rpg.kl``: an RPG divergence added as ``beta * k`` on top of any policy loss (verl's ``vanilla``,
+    ``gspo``, ``cispo``, ...), importance-weighted with three log-probs (theta, old, ref).
+
+    Args:
+        divergence (str | None): fkl | rkl | ufkl | urkl, or null (no regularizer).
+        beta (float): its strength.
+    """
+
+    divergence: Optional[str] = None
+    beta: float = DEFAULT_BETA
+
+    def __post_init__(self):
+        if self.divergence is not None and self.divergence not in KL_DIVERGENCES:
+            raise ValueError(
+                f"{_ALGO_KEY}.rpg.kl.divergence must be one of {list(KL_DIVERGENCES)} or null, got {self.divergence!r}"
+            )
+        validate_beta(self.beta, key=f"{_ALGO_KEY}.rpg.kl.beta")
+
+
 @dataclass
 class RPGAlgorithmConfig(BaseConfig):
-    """``algorithm.rpg``: the RPG hyperparameters a user sets (fed to the actor's ``policy_loss.rpg``).
+    """``algorithm.rpg``: the RPG hyperparameters a user sets (beta and clip are fed to the actor's
+    ``policy_loss.rpg``; the reference and the KL regularizer are run by the recipe's trainer).
 
     Args:
         beta (float): KL strength beta >= 0 (paper: 1e-4).
         clip (str): 'dual' | 'truncate' (rpg_reinforce_* only) | 'none'; see :class:`RPGConfig`.
+        reference (str): 'sampling' (the paper's iterative reference: pi_ref = pi_old of the step, no reference
+            model), 'fixed' (the initial model, frozen) or 'periodic' (a reference model refreshed from the current
+            policy every ``reference_every`` steps and/or when the moving average of the KL estimate exceeds
+            ``reference_kl_target``).
+        reference_every (int | None): refresh period K in training steps ('periodic' only).
+        reference_kl_target (float | None): KL target kappa ('periodic' only).
+        reference_kl_decay (float): moving-average decay of the KL estimate, avg <- d * avg + (1 - d) * kl.
+        kl (RPGKLConfig): optional RPG KL regularizer on top of a non-RPG policy loss.
     """
 
     beta: float = DEFAULT_BETA
     clip: str = DEFAULT_CLIP
+    reference: str = "sampling"
+    reference_every: Optional[int] = None
+    reference_kl_target: Optional[float] = None
+    reference_kl_decay: float = 0.9
+    kl: RPGKLConfig = field(default_factory=RPGKLConfig)
 
     def __post_init__(self):
-        validate_beta(self.beta, key=f"{_ALGO_KEY}.rpg.beta")
-        validate_clip(self.clip, key=f"{_ALGO_KEY}.rpg.clip")
+        key = f"{_ALGO_KEY}.rpg"
+        validate_beta(self.beta, key=f"{key}.beta")
+        validate_clip(self.clip, key=f"{key}.clip")
+        if not isinstance(self.kl, RPGKLConfig):
+            object.__setattr__(self, "kl", _block(RPGKLConfig, self.kl, f"{key}.kl"))
+        if self.reference not in REFERENCE_MODES:
+            raise ValueError(f"{key}.reference must be one of {list(REFERENCE_MODES)}, got {self.reference!r}")
+        every, target = self.reference_every, self.reference_kl_target
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"{key}.reference_every must be an integer >= 1 (training steps) or null, got {every!r}")
+        if target is not None and (
+            isinstance(target, bool) or not isinstance(target, int | float) or not math.isfinite(target) or target <= 0
+        ):
+            raise ValueError(f"{key}.reference_kl_target must be a float > 0 or null, got {target!r}")
+        decay = self.reference_kl_decay
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+            raise ValueError(f"{key}.reference_kl_decay must lie in [0, 1), got {decay!r}")
+        if self.reference == "periodic" and every is None and target is None:
+            raise ValueError(
+                f"{key}.reference=periodic needs {key}.reference_every (K steps) and/or {key}.reference_kl_target "
+                "(kappa): neither is set, so the reference would never be refreshed (that is reference=fixed)"
+            )
+        if self.reference != "periodic" and (every is not None or target is not None):
+            raise ValueError(
+                f"{key}.reference_every / reference_kl_target only apply to {key}.reference=periodic "
+                f"(got reference={self.reference}, reference_every={every}, reference_kl_target={target})"
+            )
+
+    @property
+    def uses_reference_model(self) -> bool:
+        """Whether a reference model is loaded (reference fixed or periodic)."""
+        return self.reference != "sampling"
+
+
+def _block(cls, value, key: str):
+    """A dict-like config block -> its dataclass, naming unknown keys."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping, got {type(value).__name__}")
+    known = {f for f in cls.__dataclass_fields__ if f != "_target_"}
+    unknown = sorted(set(value) - known - {"_target_"})
+    if unknown:
+        raise ValueError(f"{key} has unknown keys {unknown}; known: {', '.join(sorted(known))}")
+    return cls(**{k: v for k, v in value.items() if k != "_target_"})
 
 
 @dataclass
@@ -195,14 +275,25 @@ class RPGAlgoConfig(AlgoConfig):
                 f"got {self.policy_loss!r}"
             )
         if not isinstance(self.rpg, RPGAlgorithmConfig):
-            if not isinstance(self.rpg, Mapping):
-                raise ValueError(f"{_ALGO_KEY}.rpg must be a mapping, got {type(self.rpg).__name__}")
-            known = {f for f in RPGAlgorithmConfig.__dataclass_fields__ if f != "_target_"}
-            unknown = sorted(set(self.rpg) - known - {"_target_"})
-            if unknown:
-                raise ValueError(f"{_ALGO_KEY}.rpg has unknown keys {unknown}; known: {', '.join(sorted(known))}")
-            rpg = RPGAlgorithmConfig(**{k: v for k, v in self.rpg.items() if k != "_target_"})
-            object.__setattr__(self, "rpg", rpg)  # BaseConfig fields are frozen after __init__
+            object.__setattr__(self, "rpg", _block(RPGAlgorithmConfig, self.rpg, f"{_ALGO_KEY}.rpg"))
+        rpg = self.rpg
+        if rpg.kl.divergence is not None:
+            if self.policy_loss.startswith("rpg_"):
+                raise ValueError(
+                    f"{_ALGO_KEY}.rpg.kl.divergence={rpg.kl.divergence} adds a KL regularizer, but "
+                    f"{_ALGO_KEY}.policy_loss={self.policy_loss} already contains its KL term (beta * k): choose a "
+                    f"non-RPG policy loss (vanilla, gspo, cispo, ...) or set {_ALGO_KEY}.rpg.kl.divergence=null"
+                )
+            if self.use_kl_in_reward:
+                raise ValueError(
+                    f"{_ALGO_KEY}.rpg.kl.divergence={rpg.kl.divergence} together with {_ALGO_KEY}.use_kl_in_reward=True "
+                    f"would count a KL twice: set {_ALGO_KEY}.use_kl_in_reward=False"
+                )
+        if rpg.uses_reference_model and not (self.policy_loss.startswith("rpg_") or rpg.kl.divergence):
+            raise ValueError(
+                f"{_ALGO_KEY}.rpg.reference={rpg.reference} has nothing to act on: {_ALGO_KEY}.policy_loss="
+                f"{self.policy_loss} is not an RPG loss and {_ALGO_KEY}.rpg.kl.divergence is null"
+            )
         if self.policy_loss.startswith("rpg_"):
             validate_clip(self.rpg.clip, self.policy_loss, key=f"{_ALGO_KEY}.rpg.clip")
             if self.use_kl_in_reward:

@@ -12,6 +12,8 @@ passing it selects the general formulas with rho = pi_ref / pi_old and log u = l
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from typing import Any, Optional
 
 import torch
@@ -24,6 +26,21 @@ from rpg_ext.kl import Divergence, get_divergence, log_ratios
 
 Tensor = torch.Tensor
 METRIC_PREFIX = "actor/rpg/"
+
+# ref_log_prob of the micro-batch being trained, set by rpg_ext.actor_loss around verl's ppo_loss (which does not
+# pass it to policy losses); None means the reference is the sampling policy.
+_REFERENCE_LOG_PROB: ContextVar[Optional[Tensor]] = ContextVar("rpg_reference_log_prob", default=None)
+
+
+@contextlib.contextmanager
+def reference_log_prob(ref_log_prob: Optional[Tensor]):
+    """Within this context the RPG losses use ``ref_log_prob`` (padded, ``(batch, response_len)``) as the reference
+    whenever their own ``ref_log_prob`` argument is None."""
+    token = _REFERENCE_LOG_PROB.set(ref_log_prob)
+    try:
+        yield
+    finally:
+        _REFERENCE_LOG_PROB.reset(token)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -118,7 +135,7 @@ def _masked_metrics(reinforce: bool, mask: Tensor, t: dict[str, Optional[Tensor]
     return dict(zip(v.keys(), floats, strict=True))
 
 
-def _aggregate(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str, config: Any) -> Tensor:
+def aggregate_loss(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str, config: Any) -> Tensor:
     """verl's ``agg_loss`` with the config's global batch info (dp size, global token / sequence counts).
 
     Without global info (a direct call on one micro-batch), an all-masked micro-batch gives 0, not 0/0.
@@ -147,6 +164,8 @@ def rpg_policy_loss(
     p = rpg_config.resolve_params(config, name)
     reinforce = name.startswith("rpg_reinforce_")
     div = get_divergence(name.rsplit("_", 1)[1])
+    if ref_log_prob is None:
+        ref_log_prob = _REFERENCE_LOG_PROB.get()
     dtype = _compute_dtype(log_prob)
     mask = response_mask.bool()
     lp, olp, A = log_prob.to(dtype), old_log_prob.to(dtype), advantages.to(dtype)
@@ -155,7 +174,7 @@ def rpg_policy_loss(
     loss_mat, parts = token_loss(div, lp, olp, A, p, rlp)
     if rollout_is_weights is not None:  # verl's rollout correction: pi_old / pi_rollout, on the whole token loss
         loss_mat = loss_mat * rollout_is_weights.to(dtype)
-    loss = _aggregate(loss_mat, mask, loss_agg_mode, config)
+    loss = aggregate_loss(loss_mat, mask, loss_agg_mode, config)
     return loss, _masked_metrics(reinforce, mask, parts)
 
 

@@ -26,6 +26,7 @@ PRESETS = {
     "run_rpg_reinforce_ufkl.sh": "rpg_reinforce_ufkl",
     "run_rpg_reinforce_urkl.sh": "rpg_reinforce_urkl",
     "run_grpo.sh": "grpo",
+    "run_grpo_corrected.sh": "grpo_corrected",
     "run_dapo.sh": "dapo",
     "run_reinforce_pp.sh": "reinforce_pp",
     "run_reinforce_pp_baseline.sh": "reinforce_pp_baseline",
@@ -102,6 +103,20 @@ def paper_values(method: str, context: str) -> dict:
             "algorithm.use_kl_in_reward": False,
             "actor_rollout_ref.actor.optim.lr": 1e-6,
         })
+    elif method == "grpo_corrected":  # Section 2.2: GRPO's KL importance-weighted (urkl), fixed initial reference
+        v.update({
+            "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
+            "algorithm.adv_estimator": "grpo",
+            "algorithm.norm_adv_by_std_in_grpo": True,
+            "actor_rollout_ref.actor.clip_ratio_low": 0.2,
+            "actor_rollout_ref.actor.clip_ratio_high": 0.2,
+            "actor_rollout_ref.actor.use_kl_loss": False,
+            "algorithm.rpg.kl.divergence": "urkl",
+            "algorithm.rpg.kl.beta": 1e-3,
+            "algorithm.rpg.reference": "fixed",
+            "algorithm.use_kl_in_reward": False,
+            "actor_rollout_ref.actor.optim.lr": 1e-6,
+        })
     elif method == "dapo":
         v.update({
             "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
@@ -127,7 +142,7 @@ def paper_values(method: str, context: str) -> dict:
 
 
 def uses_reference(method: str) -> bool:
-    return method in ("grpo", "reinforce_pp", "reinforce_pp_baseline")
+    return method in ("grpo", "grpo_corrected", "reinforce_pp", "reinforce_pp_baseline")
 
 
 @pytest.fixture(scope="module")

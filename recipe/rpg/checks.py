@@ -40,7 +40,7 @@ class CheckedConfig:
     algorithm: Any  # rpg_ext.config.RPGAlgoConfig
     actor: Any  # verl FSDPActorConfig / McoreActorConfig
     rollout: Any  # verl RolloutConfig
-    uses_reference: bool
+    uses_reference: bool  # a reference model is loaded (verl's KL, or algorithm.rpg.reference fixed / periodic)
     uses_critic: bool
     n_gpus: int
     data_files: dict[str, list[str]]
@@ -242,7 +242,9 @@ def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
     rollout = _to_dataclass(cfg.actor_rollout_ref.rollout, ROLLOUT)
 
     loss = algorithm.policy_loss
-    uses_reference = bool(need_reference_policy(cfg))
+    rpg = algorithm.rpg
+    verl_uses_reference = bool(need_reference_policy(cfg))  # verl's KL loss / KL in reward
+    uses_reference = verl_uses_reference or rpg.uses_reference_model
     if loss.startswith("rpg_"):
         if actor.use_kl_loss:
             _fail(f"algorithm.policy_loss={loss} already contains its KL term (beta * k, beta = algorithm.rpg.beta); "
@@ -251,10 +253,21 @@ def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
             resolve_params(actor, loss)  # the same validation the loss runs on every call
         except ValueError as e:
             _fail(str(e))
-        if uses_reference:
-            _fail(f"algorithm.policy_loss={loss} uses the sampling policy as reference (no reference model), "
-                  f"but the config loads one ({ACTOR}.use_kl_loss={actor.use_kl_loss}, "
-                  f"algorithm.use_kl_in_reward={algorithm.use_kl_in_reward}): turn both off")
+        if verl_uses_reference:
+            _fail(f"algorithm.policy_loss={loss} carries its own KL, but the config adds verl's "
+                  f"({ACTOR}.use_kl_loss={actor.use_kl_loss}, algorithm.use_kl_in_reward={algorithm.use_kl_in_reward}): "
+                  "turn both off (a reference model for the RPG loss comes from algorithm.rpg.reference)")
+    if rpg.kl.divergence and actor.use_kl_loss:
+        _fail(f"algorithm.rpg.kl.divergence={rpg.kl.divergence} adds an RPG KL regularizer; {ACTOR}.use_kl_loss=True "
+              f"would add verl's KL loss ({actor.kl_loss_type}) too: set {ACTOR}.use_kl_loss=False")
+    if rpg.uses_reference_model:
+        if cfg.trainer.v1.get("trainer_mode", "sync") != "sync":
+            _fail(f"algorithm.rpg.reference={rpg.reference} needs verl's synchronous v1 trainer "
+                  f"(trainer.v1.trainer_mode=sync), got {cfg.trainer.v1.trainer_mode!r}")
+        lora = cfg.actor_rollout_ref.model.get("lora", {}) or {}
+        if rpg.reference == "periodic" and (lora.get("rank", 0) or cfg.actor_rollout_ref.model.get("lora_rank", 0)):
+            _fail("algorithm.rpg.reference=periodic cannot refresh a LoRA model's reference (the frozen base model); "
+                  "use reference=fixed or full fine-tuning")
 
     n_gpus = cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes
     _check_batches(cfg, actor, n_gpus)

@@ -5,8 +5,13 @@ Called by ``scripts/launch.sh`` (which sets up the Python environment) and the p
     METHOD=rpg_rkl CONTEXT=4k bash scripts/launch.sh [--dry-run] [--dump-config PATH] [--skip-data-check] [key=value ...]
 
 Variables (environment; unset means the recipe's yaml value, which is the paper's):
-    METHOD         rpg_{fkl,rkl,ufkl,urkl} | rpg_reinforce_{fkl,rkl,ufkl,urkl} | grpo | dapo | reinforce_pp
-                   | reinforce_pp_baseline                                     (required; set by the presets)
+    METHOD         rpg_{fkl,rkl,ufkl,urkl} | rpg_reinforce_{fkl,rkl,ufkl,urkl} | grpo | grpo_corrected | dapo
+                   | reinforce_pp | reinforce_pp_baseline                      (required; set by the presets)
+    POLICY_LOSS    another registered policy loss on METHOD's settings (gspo, cispo, ...)   (the method's)
+    KL             RPG KL regularizer on a non-RPG loss: fkl | rkl | ufkl | urkl  (none; replaces GRPO's KL loss)
+    KL_BETA        its strength                                                  (1e-4)
+    REFERENCE      sampling | fixed | periodic                                   (sampling; grpo_corrected: fixed)
+    REFERENCE_EVERY, REFERENCE_KL_TARGET   periodic refresh: every K steps / when avg KL > target
     MODEL          model path or hub name                                        (Qwen/Qwen3-4B)
     CONTEXT        2k | 4k | 8k: max prompt = max response = 2048 / 4096 / 8192  (8k)
     CLIP           "eps_low,eps_high"                                            (0.2,0.28; GRPO, REINFORCE++: 0.2,0.2)
@@ -50,15 +55,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG_DIR = os.path.join(REPO, "recipe", "rpg", "config")
 CONFIG_NAMES = {"fsdp": "rpg_trainer", "megatron": "rpg_megatron_trainer"}
 CONTEXTS = ("2k", "4k", "8k")
-#: METHOD -> (Hydra method group option, algorithm.policy_loss or None for the option's own).
+#: METHOD -> (Hydra method group option, algorithm.policy_loss or None for the option's own, extra overrides).
 METHODS = {
-    **{name: ("rpg", name) for name in RPG_LOSSES},
-    **{name: ("rpg_reinforce", name) for name in RPG_REINFORCE_LOSSES},
-    "grpo": ("grpo", None),
-    "dapo": ("dapo", None),
-    "reinforce_pp": ("reinforce_pp", None),
-    "reinforce_pp_baseline": ("reinforce_pp_baseline", None),
+    **{name: ("rpg", name, ()) for name in RPG_LOSSES},
+    **{name: ("rpg_reinforce", name, ()) for name in RPG_REINFORCE_LOSSES},
+    "grpo": ("grpo", None, ()),
+    # GRPO with the KL of Section 2.2 corrected: verl's vanilla loss + 1e-3 x importance-weighted k3 (urkl) against
+    # the fixed initial model, instead of verl's unweighted low_var_kl loss
+    "grpo_corrected": ("grpo", None, (
+        f"{ACTOR_KEY}.use_kl_loss=False", "algorithm.rpg.reference=fixed",
+        "algorithm.rpg.kl.divergence=urkl", "algorithm.rpg.kl.beta=1e-3",
+    )),
+    "dapo": ("dapo", None, ()),
+    "reinforce_pp": ("reinforce_pp", None, ()),
+    "reinforce_pp_baseline": ("reinforce_pp_baseline", None, ()),
 }
+REFERENCES = ("sampling", "fixed", "periodic")
+KL_DIVERGENCES = ("fkl", "rkl", "ufkl", "urkl")
 OPTIMIZERS = ("adamw", "schedulefree")
 EXTRA_LOGGERS = ("wandb", "tensorboard")
 DEFAULT_TRAIN_FILE = "dapo-math-17k-eng.parquet"
@@ -71,7 +84,8 @@ USAGE = """usage: bash scripts/run_<preset>.sh [--dry-run] [--dump-config PATH] 
   --skip-data-check  do not require the data files to exist (dry run on a laptop without the data)
   key=value          any Hydra override, passed through (e.g. algorithm.rpg.beta=1e-3 trainer.total_training_steps=2)
 Variables: METHOD MODEL CONTEXT CLIP CLIP_C BETA RPG_CLIP LR OPTIM STEPS GPUS_PER_NODE NNODES ROLLOUT_TP BACKEND
-           DATA_DIR TRAIN_FILES VAL_FILES EXP_NAME PROJECT RUN_DIR LOGGERS (see scripts/launch.sh and the README)"""
+           DATA_DIR TRAIN_FILES VAL_FILES EXP_NAME PROJECT RUN_DIR LOGGERS POLICY_LOSS KL KL_BETA REFERENCE
+           REFERENCE_EVERY REFERENCE_KL_TARGET (see recipe/rpg/launch.py and the README)"""
 
 
 class LaunchError(ValueError):
@@ -146,10 +160,29 @@ def build_launch(env: Mapping[str, str], extra_overrides: list[str], timestamp: 
             "Use OPTIM=adamw (the paper's default); see the README, 'Limitations'."
         )
 
-    group, policy_loss = METHODS[method]
+    group, policy_loss, method_overrides = METHODS[method]
     ov = [f"method={group}", f"context={context}"]
     if policy_loss is not None:
         ov.append(f"algorithm.policy_loss={policy_loss}")
+    ov += list(method_overrides)
+    if "POLICY_LOSS" in env:  # another registered loss on the method's settings, e.g. gspo or cispo
+        ov.append(f"algorithm.policy_loss={env['POLICY_LOSS']}")
+    if "KL" in env:
+        if env["KL"] not in KL_DIVERGENCES:
+            raise LaunchError(f"KL={env['KL']!r}: the RPG KL regularizer is one of {', '.join(KL_DIVERGENCES)}")
+        ov.append(f"algorithm.rpg.kl.divergence={env['KL']}")
+        if method in ("grpo",):  # the regularizer replaces GRPO's own KL loss
+            ov.append(f"{ACTOR_KEY}.use_kl_loss=False")
+    if "KL_BETA" in env:
+        ov.append(f"algorithm.rpg.kl.beta={_float(env, 'KL_BETA')}")
+    if "REFERENCE" in env:
+        if env["REFERENCE"] not in REFERENCES:
+            raise LaunchError(f"REFERENCE={env['REFERENCE']!r}; choose one of: {', '.join(REFERENCES)}")
+        ov.append(f"algorithm.rpg.reference={env['REFERENCE']}")
+    if "REFERENCE_EVERY" in env:
+        ov.append(f"algorithm.rpg.reference_every={_int(env, 'REFERENCE_EVERY')}")
+    if "REFERENCE_KL_TARGET" in env:
+        ov.append(f"algorithm.rpg.reference_kl_target={_float(env, 'REFERENCE_KL_TARGET')}")
     if "MODEL" in env:
         ov.append(f"actor_rollout_ref.model.path={_quote(env['MODEL'])}")
     if "CLIP" in env:
@@ -186,7 +219,10 @@ def build_launch(env: Mapping[str, str], extra_overrides: list[str], timestamp: 
     ov.append("data.val_files=[" + ",".join(_quote(f) for f in val) + "]")
 
     model_tag = os.path.basename(os.path.normpath(env.get("MODEL", "Qwen/Qwen3-4B"))).lower()
-    exp_name = env.get("EXP_NAME") or f"{method}-{model_tag}-{context}" + ("-megatron" if backend == "megatron" else "")
+    variant = "".join(f"-{env[k]}" for k in ("POLICY_LOSS", "KL") if k in env)  # e.g. grpo-gspo-urkl
+    exp_name = env.get("EXP_NAME") or (
+        f"{method}{variant}-{model_tag}-{context}" + ("-megatron" if backend == "megatron" else "")
+    )
     run_dir = os.path.abspath(os.path.expanduser(env.get("RUN_DIR", os.path.join(REPO, "runs", exp_name))))
     log_file = os.path.join(run_dir, "logs", f"{timestamp or utc_timestamp()}.jsonl")
     loggers = ["console", "file"]
@@ -243,9 +279,26 @@ def summary(launch: Launch, cfg, checked) -> list[str]:
     d, t = cfg.data, cfg.trainer
     fg = a.filter_groups
     buf = cfg.reward.get("reward_kwargs", {}).get("overlong_buffer_cfg") or {}
-    kl = []
+    rpg = a.rpg
+    if rpg.reference == "periodic":
+        triggers = [f"every {rpg.reference_every} steps"] if rpg.reference_every else []
+        if rpg.reference_kl_target:
+            triggers.append(f"when avg(actor/rpg/kl) > {rpg.reference_kl_target} (decay {rpg.reference_kl_decay})")
+        reference = "yes: periodic, refreshed from the current policy " + " or ".join(triggers)
+    elif rpg.reference == "fixed":
+        reference = "yes: fixed, the initial model"
+    elif checked.uses_reference:
+        reference = "yes: the initial model, for verl's KL loss / KL in reward"
+    else:
+        reference = "none (pi_ref = the sampling policy of the step; no reference model)"
     if loss.startswith("rpg_"):
-        kl.append(f"in the loss: beta * k of {loss} (beta={a.rpg.beta})")
+        objective = f"{loss} (beta={rpg.beta} x k of {loss.rsplit('_', 1)[1]}, inside the loss)"
+    elif rpg.kl.divergence:
+        objective = (f"{loss} + {rpg.kl.beta} x {rpg.kl.divergence} (importance-weighted k with log-probs of theta, "
+                     "old, ref)")
+    else:
+        objective = f"{loss}"
+    kl = []
     kl.append(f"verl KL loss: {'%s, coef %s' % (actor.kl_loss_type, actor.kl_loss_coef) if actor.use_kl_loss else 'off'}")
     kl.append(f"KL in reward: {'%s, coef %s' % (a.kl_penalty, a.kl_ctrl.kl_coef) if a.use_kl_in_reward else 'off'}")
     steps_per_batch = d.train_batch_size // actor.ppo_mini_batch_size
@@ -255,13 +308,13 @@ def summary(launch: Launch, cfg, checked) -> list[str]:
         f"recipe dry run OK: {launch.settings['method']} ({launch.config_name}, backend {actor.strategy}, "
         f"context {launch.settings['context']})",
         f"  policy loss   {loss} (algorithm.policy_loss -> {ACTOR_KEY}.policy_loss.loss_mode; registered)",
+        f"  objective     {objective}; reference: {rpg.reference}",
         f"  rpg           beta={a.rpg.beta} clip={a.rpg.clip}" if loss.startswith("rpg_") else
         "  rpg           not used by this loss",
         f"  clip          eps_low={actor.clip_ratio_low} eps_high={actor.clip_ratio_high} c={actor.clip_ratio_c}",
         f"  advantages    {a.adv_estimator} (norm_adv_by_std_in_grpo={a.norm_adv_by_std_in_grpo})",
         f"  KL            " + "; ".join(kl),
-        f"  reference     {'yes (a reference model is loaded)' if checked.uses_reference else 'none (no reference model)'}"
-        f"; critic {'yes' if checked.uses_critic else 'none'}",
+        f"  reference     {reference}; critic {'yes' if checked.uses_critic else 'none'}",
         f"  batch         {d.train_batch_size} prompts x {r.n} responses; mini-batch {actor.ppo_mini_batch_size} "
         f"prompts ({steps_per_batch} optimizer steps per step); dynamic bsz "
         + (f"{actor.ppo_max_token_len_per_gpu} tokens/GPU" if actor.use_dynamic_bsz else "off")

@@ -3,8 +3,10 @@
     python -m recipe.rpg.main_rpg algorithm.policy_loss=rpg_fkl
     python -m recipe.rpg.main_rpg --config-name rpg_megatron_trainer method=grpo context=4k
 
-The same as ``python -m verl.trainer.main_ppo`` except that the config is ``config/rpg_trainer.yaml`` and that
-``recipe.rpg.checks.check_config`` (verl's ``validate_config`` included) runs before Ray starts. Relative local
+The same as ``python -m verl.trainer.main_ppo`` except that the config is ``config/rpg_trainer.yaml``, that
+``recipe.rpg.checks.check_config`` (verl's ``validate_config`` included) runs before Ray starts, and that the
+trainer is ``recipe.rpg.trainer.RPGTrainer`` (verl's sync trainer; adds the reference model and its refresh
+when ``algorithm.rpg.reference`` is fixed or periodic, and the KL regularizer ``algorithm.rpg.kl``). Relative local
 data paths are taken from the directory of the launch (Ray workers may run elsewhere). The launchers in
 ``scripts/`` call this module after their own dry-run checks and write the run directory.
 """
@@ -29,12 +31,15 @@ def absolute_data_paths(config: DictConfig) -> None:
 
 
 def run(config: DictConfig) -> None:
-    """verl's ``main_ppo.main`` body for the v1 trainer, on an already checked config."""
-    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    """verl's ``main_ppo.main`` body for the v1 trainer, on an already checked config, with the recipe's trainer
+    (verl's sync trainer plus the RPG reference management: ``recipe.rpg.trainer``)."""
+    from verl.trainer.main_ppo import run_ppo
     from verl.utils.device import auto_set_device
 
+    from recipe.rpg.trainer import RPGTaskRunner
+
     auto_set_device(config)
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    run_ppo(config, task_runner_class=RPGTaskRunner)
 
 
 @hydra.main(config_path="config", config_name="rpg_trainer", version_base=None)

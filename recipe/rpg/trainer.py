@@ -1,0 +1,203 @@
+"""The recipe's trainer: verl's synchronous v1 PPO trainer plus RPG's reference management and KL regularizer.
+
+With ``algorithm.rpg.reference=sampling`` (the paper's default) and no ``algorithm.rpg.kl``, this is verl's
+``PPOTrainerSync`` unchanged. Otherwise it
+
+- loads a reference model (``fixed``: the initial model; ``periodic``: refreshed from the current policy) although
+  verl's own KL loss / KL-in-reward are off: verl only loads one for those (``need_reference_policy``);
+- installs ``rpg_ext.actor_loss.rpg_actor_loss`` on the actor workers (verl's ``set_loss_fn``), which hands the
+  batch's ``ref_log_prob`` to the RPG losses and adds the optional RPG KL regularizer;
+- for ``periodic``: after each step's actor update, asks ``rpg_ext.reference.ReferenceSchedule`` whether to refresh,
+  and if so copies the actor's weights into the reference model inside each worker (no disk round trip); the
+  schedule's state and, once refreshed, the reference weights are saved with every checkpoint and restored on resume.
+
+verl picks its trainer class by ``trainer.v1.trainer_mode``, whose value ("sync") also selects verl's sync replay
+buffer and checkpoint behaviour. :class:`RPGTaskRunner` therefore runs verl's own TaskRunner with this class in
+place of the "sync" entry of verl's trainer registry, in the TaskRunner's own process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from functools import partial
+
+import ray
+import torch
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.trainer.main_ppo import TaskRunnerV1
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1 import trainer_base
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.debug import marked_timer
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from rpg_ext.actor_loss import ActorLossSettings, rpg_actor_loss
+from rpg_ext.reference import KL_METRIC, ReferenceSchedule, copy_module_weights
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_DIR = "rpg_reference"  # inside global_step_N/: schedule.json and, once refreshed, the reference weights
+
+
+def _modules(engine) -> list[torch.nn.Module]:
+    module = engine.module  # FSDP engine: one module; Megatron engine: a list of model chunks
+    return list(module) if isinstance(module, list | tuple) else [module]
+
+
+def _shard_state(modules) -> dict[str, torch.Tensor]:
+    out = {}
+    for m in modules:
+        for name, t in m.state_dict().items():
+            if isinstance(t, torch.Tensor):
+                out[name] = (t.to_local() if hasattr(t, "to_local") else t).detach().cpu()
+    return out
+
+
+class RPGActorRolloutRefWorker(ActorRolloutRefWorker):
+    """verl's actor/rollout/ref worker plus the reference refresh, save and load."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def refresh_reference(self) -> int:
+        """ref <- actor, parameter by parameter on this rank's shards."""
+        return copy_module_weights(_modules(self.actor.engine), _modules(self.ref.engine))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_reference(self, directory: str) -> None:
+        """This rank's reference shards to ``directory/rank_<r>.pt`` (resume needs the same world size)."""
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        os.makedirs(directory, exist_ok=True)
+        state = {"world_size": world, "tensors": _shard_state(_modules(self.ref.engine))}
+        tmp = os.path.join(directory, f".rank_{rank}.pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(directory, f"rank_{rank}.pt"))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_reference(self, directory: str) -> None:
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        path = os.path.join(directory, f"rank_{rank}.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"the checkpoint's reference weights are missing: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["world_size"] != world:
+            raise RuntimeError(
+                f"reference weights in {directory} were saved by {state['world_size']} ranks, resuming with {world}"
+            )
+        with torch.no_grad():
+            for m in _modules(self.ref.engine):
+                for name, t in m.state_dict().items():
+                    if name in state["tensors"]:
+                        (t.to_local() if hasattr(t, "to_local") else t).copy_(state["tensors"][name])
+
+
+class RPGTrainer(PPOTrainerSync):
+    """verl's sync v1 trainer with RPG's reference management (see the module docstring)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        algorithm = omega_conf_to_dataclass(config.algorithm)  # rpg_ext.config.RPGAlgoConfig (validated)
+        self.rpg = algorithm.rpg
+        if self.rpg.uses_reference_model:
+            self.use_reference_policy = True
+        self.reference_schedule = (
+            ReferenceSchedule(self.rpg.reference_every, self.rpg.reference_kl_target, self.rpg.reference_kl_decay)
+            if self.rpg.reference == "periodic"
+            else None
+        )
+        self.loss_settings = ActorLossSettings(
+            use_reference_model=self.rpg.uses_reference_model,
+            kl_divergence=self.rpg.kl.divergence,
+            kl_beta=self.rpg.kl.beta,
+        )
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        roles = [r for r in (Role.ActorRollout, Role.ActorRolloutRef) if r in self.role_worker_mapping]
+        if len(roles) != 1:
+            raise RuntimeError(f"the RPG trainer needs verl's colocated actor/rollout worker, got {list(self.role_worker_mapping)}")
+        role = Role.ActorRolloutRef if self.use_reference_policy else roles[0]
+        pool = self.mapping.pop(roles[0])
+        self.role_worker_mapping.pop(roles[0])
+        self.role_worker_mapping[role] = ray.remote(RPGActorRolloutRefWorker)
+        self.mapping[role] = pool
+
+    def _setup(self):
+        super()._setup()
+        if self.rpg.reference == "periodic" and self.ref_in_actor:
+            raise ValueError("algorithm.rpg.reference=periodic cannot refresh a LoRA reference (the base model)")
+        if self.loss_settings.use_reference_model or self.loss_settings.kl_divergence:
+            if self.use_teacher_policy:
+                raise ValueError("the RPG reference / KL regularizer cannot be combined with verl's distillation loss")
+            actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+            self.actor_rollout_wg.set_loss_fn(partial(rpg_actor_loss, config=actor_config, settings=self.loss_settings))
+
+    def step(self, metrics: dict, timing_raw: dict):
+        batch = super().step(metrics, timing_raw)
+        schedule = self.reference_schedule
+        if schedule is not None:
+            if schedule.observe(self.global_steps, metrics.get(KL_METRIC)):
+                with marked_timer("reference_refresh", timing_raw, color="purple"):
+                    self.actor_rollout_wg.refresh_reference()
+            metrics.update(schedule.metrics())
+        return batch
+
+    def _save_checkpoint(self):
+        # before verl's save, which writes latest_checkpointed_iteration.txt last (a checkpoint is then complete)
+        if self.reference_schedule is not None:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}", REFERENCE_DIR)
+            os.makedirs(folder, exist_ok=True)
+            if self.reference_schedule.refreshes > 0:
+                self.actor_rollout_wg.save_reference(os.path.join(folder, "weights"))
+            with open(os.path.join(folder, "schedule.json"), "w") as f:
+                json.dump(self.reference_schedule.state_dict(), f)
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.reference_schedule is None or self.global_steps == 0:
+            return
+        if self.config.trainer.resume_mode == "resume_path":
+            folder = self.config.trainer.resume_from_path
+        else:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        if not os.path.isabs(folder):
+            folder = os.path.join(os.getcwd(), folder)
+        state_file = os.path.join(folder, REFERENCE_DIR, "schedule.json")
+        if not os.path.exists(state_file):
+            raise FileNotFoundError(
+                f"resuming a periodic-reference run from {folder}, but it has no {REFERENCE_DIR}/schedule.json "
+                "(the checkpoint was not written by the RPG trainer with algorithm.rpg.reference=periodic)"
+            )
+        with open(state_file) as f:
+            self.reference_schedule.load_state_dict(json.load(f))
+        if self.reference_schedule.refreshes > 0:
+            self.actor_rollout_wg.load_reference(os.path.join(folder, REFERENCE_DIR, "weights"))
+        logger.info("restored reference schedule %s", self.reference_schedule.state_dict())
+
+
+@contextlib.contextmanager
+def _as_sync_trainer(cls):
+    registry = trainer_base.TRAINER_REGISTRY
+    original = registry["sync"]
+    registry["sync"] = cls
+    try:
+        yield
+    finally:
+        registry["sync"] = original
+
+
+class _RPGTaskRunner(TaskRunnerV1.__ray_actor_class__):
+    """verl's v1 TaskRunner, building :class:`RPGTrainer` for ``trainer.v1.trainer_mode=sync``."""
+
+    def run(self, config):
+        mode = config.trainer.v1.trainer_mode
+        if mode != "sync":
+            raise ValueError(f"the RPG recipe runs verl's synchronous v1 trainer: trainer.v1.trainer_mode={mode!r}")
+        with _as_sync_trainer(RPGTrainer):
+            return super().run(config)
+
+
+RPGTaskRunner = ray.remote(_RPGTaskRunner)
