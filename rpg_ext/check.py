@@ -23,12 +23,56 @@ print(json.dumps({"verl": verl.__version__, "losses": sorted(POLICY_LOSS_REGISTR
 """
 _PLUGIN_IMPORT = "import rpg_ext.plugin"
 
+# With VERL_PLATFORM=cpu: which platform verl resolves, and what rpg_ext.cpu registered.
+_CPU_PROBE = """
+import json, verl
+from verl.plugin.platform import get_platform
+from verl.workers.engine import EngineRegistry
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+from verl.workers.rollout.replica import RolloutReplicaRegistry
+engines = EngineRegistry._engines
+print(json.dumps({
+    "device": get_platform().device_name,
+    "engines": sorted(m for m in ("language_model", "value_model") if "cpu" in engines.get(m, {}).get("fsdp2", {})),
+    "rollout": ("hf", "async") in _ROLLOUT_REGISTRY and "hf" in RolloutReplicaRegistry._registry,
+}))
+"""
 
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+def _run(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
 
 
-def check() -> int:
+def check_cpu_platform() -> list[str]:
+    """Problems of the CPU platform (``rpg_ext.cpu``) in a fresh process with ``VERL_PLATFORM=cpu``; [] when fine.
+
+    verl swallows the plugin's import error, after which ``VERL_PLATFORM=cpu`` names an unknown platform
+    (or, worse, an older verl falls back to CUDA): the underlying error is shown here.
+    """
+    env = dict(os.environ, VERL_PLATFORM="cpu")
+    probe = _run(_CPU_PROBE, env)
+    info = None
+    if probe.returncode == 0:
+        info = json.loads(probe.stdout.strip().splitlines()[-1])
+        if info["device"] == "cpu" and info["engines"] == ["language_model", "value_model"] and info["rollout"]:
+            return []
+    msg = ["the CPU platform was requested (VERL_PLATFORM=cpu) but verl cannot use it:"]
+    if info is None:
+        msg.append("  `import verl` + get_platform() fails in a fresh process:\n" + probe.stderr.rstrip()[-3000:])
+    else:
+        msg.append(
+            f"  verl's device: {info['device']!r} (need 'cpu'); verl FSDP engines registered for cpu: "
+            f"{info['engines'] or 'none'} (need language_model, value_model); hf rollout registered: {info['rollout']}"
+        )
+    direct = _run("import rpg_ext.plugin", env)
+    if direct.returncode != 0:
+        msg.append("The plugin fails to import (verl hides this error); `import rpg_ext.plugin` gives:")
+        msg.append(direct.stderr.rstrip()[-3000:])
+    return msg
+
+
+def check(cpu_platform: bool | None = None) -> int:
+    """``cpu_platform``: also check the CPU platform (default: when ``VERL_PLATFORM=cpu`` is set)."""
     out = sys.stdout
     eps = [ep for ep in entry_points(group="verl.plugins") if ep.value.split(":")[0].startswith("rpg_ext")]
     problems = []
@@ -55,8 +99,18 @@ def check() -> int:
             msg.append(direct.stderr.rstrip())
         print("\n".join(msg), file=sys.stderr)
         return 1
+    if cpu_platform is None:
+        cpu_platform = os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
+    if cpu_platform:
+        cpu_problems = check_cpu_platform()
+        if cpu_problems:
+            print("rpg_ext check FAILED: " + "\n".join(cpu_problems), file=sys.stderr)
+            return 1
     if info["verl"] != VERL_VERSION:
         print(f"warning: rpg_ext was written for verl=={VERL_VERSION}, found verl {info['verl']}", file=sys.stderr)
     print(f"rpg_ext OK: verl {info['verl']}, plugin registers {len(RPG_LOSS_NAMES)} losses: {', '.join(RPG_LOSS_NAMES)}",
           file=out)
+    if cpu_platform:
+        print("rpg_ext OK: CPU platform (VERL_PLATFORM=cpu): verl device cpu, FSDP engines and hf rollout registered",
+              file=out)
     return 0

@@ -1,9 +1,14 @@
 """verl plugin entry point (group ``verl.plugins``, name ``rpg``).
 
 ``import verl`` loads this module in every process, Ray workers included, and it registers the RPG
-losses. verl only logs a failing plugin at debug level: ``python -m rpg_ext check`` reports it loudly.
+losses; with ``VERL_PLATFORM=cpu`` it also activates ``rpg_ext.cpu`` (verl's real trainer on the CPU).
+verl only logs a failing plugin at debug level: ``python -m rpg_ext check`` reports it loudly.
 """
 
+from rpg_ext import cpu
 from rpg_ext.losses import register
 
 register()
+
+if cpu.requested():
+    cpu.activate()
