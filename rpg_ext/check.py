@@ -18,8 +18,9 @@ from rpg_ext import RPG_LOSS_NAMES, VERL_VERSION
 
 _PROBE = """
 import json, verl
-from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
-print(json.dumps({"verl": verl.__version__, "losses": sorted(POLICY_LOSS_REGISTRY)}))
+from verl.trainer.ppo import core_algos
+print(json.dumps({"verl": verl.__version__, "losses": sorted(core_algos.POLICY_LOSS_REGISTRY),
+                  "kl_penalty": core_algos.kl_penalty_forward.__module__}))
 """
 _PLUGIN_IMPORT = "import rpg_ext.plugin"
 
@@ -108,8 +109,13 @@ def check(cpu_platform: bool | None = None) -> int:
             return 1
     if info["verl"] != VERL_VERSION:
         print(f"warning: rpg_ext was written for verl=={VERL_VERSION}, found verl {info['verl']}", file=sys.stderr)
+    if info["kl_penalty"] != "rpg_ext.kl_penalty":
+        print("warning: the rpg_* KL penalties (kl_loss_type / algorithm.kl_penalty) are not installed in verl "
+              f"(verl {info['verl']}; they patch verl {VERL_VERSION} only); the RPG losses are unaffected", file=sys.stderr)
     print(f"rpg_ext OK: verl {info['verl']}, plugin registers {len(RPG_LOSS_NAMES)} losses: {', '.join(RPG_LOSS_NAMES)}",
           file=out)
+    if info["kl_penalty"] == "rpg_ext.kl_penalty":
+        print("rpg_ext OK: verl KL penalties rpg_fkl, rpg_rkl, rpg_ufkl, rpg_urkl installed", file=out)
     if cpu_platform:
         print("rpg_ext OK: CPU platform (VERL_PLATFORM=cpu): verl device cpu, FSDP engines and hf rollout registered",
               file=out)
