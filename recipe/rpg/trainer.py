@@ -36,6 +36,7 @@ from verl.utils.debug import marked_timer
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from rpg_ext.actor_loss import ActorLossSettings, rpg_actor_loss
+from rpg_ext.config import RPGAlgorithmConfig
 from rpg_ext.reference import KL_METRIC, ReferenceSchedule, copy_module_weights
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class RPGTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         algorithm = omega_conf_to_dataclass(config.algorithm)  # rpg_ext.config.RPGAlgoConfig (validated)
-        self.rpg = algorithm.rpg
+        # verl's own AlgoConfig (a config without the recipe's algorithm block): verl's sync trainer, unchanged
+        self.rpg = getattr(algorithm, "rpg", None) or RPGAlgorithmConfig()
         if self.rpg.uses_reference_model:
             self.use_reference_policy = True
         self.reference_schedule = (
