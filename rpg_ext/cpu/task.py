@@ -1,0 +1,289 @@
+"""The embedded default of the CPU trainer: a tiny causal LM, its tokenizer and a verifiable task.
+
+Everything is built locally (no hub downloads), deterministically from :data:`SPEC`, on first use, and cached
+under ``$RPG_CPU_CACHE`` (default ``~/.cache/rpg-verl/cpu-task``) in a folder named by a hash of the spec and
+of this file's source, so a change to either builds a new one:
+
+    <cache>/<key>/tokenizer + model   Hugging Face folder (``actor_rollout_ref.model.path``): a Qwen2 causal LM
+                                      and a byte-level BPE tokenizer trained on the task's text, with a ChatML
+                                      chat template (eos ``<|im_end|>``) so verl's RLHFDataset and agent loop
+                                      render prompts exactly as for a Qwen model
+    <cache>/<key>/train.parquet       RL prompts in verl's RL parquet format
+    <cache>/<key>/val.parquet         held-out prompts (no problem text occurs in both files)
+    <cache>/<key>/warm_start.json     the warm start's record (steps, final loss, seconds)
+
+The task: one-digit additions told as a short story ("Kim has 7 cards and gets 5 more. How many cards does Kim
+have now?", 10 x 10 sums x 20 names x 10 objects), wrapped in the paper's prompt template and answered in the
+paper's format (``Answer: 12``); ``data_source`` is ``math_dapo``, which both verl's default reward router and
+the recipe's reward (``recipe/rpg/reward.py``) score with verl's ``math_dapo`` scorer. 64 problems are held out
+for validation; their texts never occur in training (the sums themselves do: there are only 100).
+
+A randomly initialised model never writes ``Answer:``, so RL alone would have nothing to reinforce. The model is
+therefore warm-started like a base model is pretrained: a short supervised pass (teacher forcing on the response
+tokens) over solved *training* problems, stopped well before convergence. It then writes the format and knows
+most sums, but sampling at temperature 1 still gives a wrong sum about half of the time: verl's validation
+(sampled, as the paper's Mean@k) starts near 0.5 and RL has room to raise it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+#: The paper's prompt template (shared/data/README.md).
+PROMPT_TEMPLATE = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    seed: int = 1234
+    max_operand: int = 9  # operands 0..max_operand
+    n_val: int = 64
+    data_source: str = "math_dapo"
+    # tokenizer / model
+    vocab_size: int = 384
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 256
+    # warm start (supervised, on training problems only): stops once sampling solves warm_target_acc of a probe
+    warm_target_acc: float = 0.5
+    warm_max_steps: int = 3000
+    warm_check_every: int = 25
+    warm_probe_size: int = 128
+    warm_batch: int = 32
+    warm_lr: float = 3e-3
+
+
+SPEC = TaskSpec()
+
+_NAMES = ["Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Lea", "Max", "Ned", "Ola", "Pat",
+          "Rex", "Sam", "Tia", "Uma", "Val"]
+_THINGS = ["apples", "books", "coins", "cards", "pens", "shells", "stamps", "marbles", "cups", "keys"]
+
+
+def problem_text(a: int, b: int, name: str, thing: str) -> str:
+    return f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+
+
+def solution_text(a: int, b: int) -> str:
+    """The solution in the paper's answer format."""
+    return f"Answer: {a + b}"
+
+
+def make_problems(spec: TaskSpec = SPEC) -> tuple[list[dict], list[dict]]:
+    """All problems, split into (train, val) with disjoint problem texts; each a dict a, b, name, thing, answer."""
+    rng = random.Random(spec.seed)
+    problems = [
+        dict(a=a, b=b, name=name, thing=thing, answer=a + b)
+        for a in range(spec.max_operand + 1)
+        for b in range(spec.max_operand + 1)
+        for name in _NAMES
+        for thing in _THINGS
+    ]
+    rng.shuffle(problems)
+    return problems[spec.n_val :], problems[: spec.n_val]
+
+
+def rl_rows(problems: list[dict], split: str, data_source: str) -> list[dict]:
+    """verl RL parquet rows (the layout of shared/data/eval/*.parquet)."""
+    rows = []
+    for i, p in enumerate(problems):
+        problem = problem_text(p["a"], p["b"], p["name"], p["thing"])
+        rows.append(
+            {
+                "data_source": data_source,
+                "prompt": [{"role": "user", "content": PROMPT_TEMPLATE.format(problem=problem)}],
+                "ability": "MATH",
+                "reward_model": {"ground_truth": str(p["answer"]), "style": "rule-lighteval/MATH_v2"},
+                "extra_info": {"index": i, "raw_problem": problem, "split": split},
+            }
+        )
+    return rows
+
+
+def cache_key(spec: TaskSpec = SPEC) -> str:
+    h = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
+    h.update(inspect.getsource(inspect.getmodule(cache_key)).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RPG_CPU_CACHE", Path.home() / ".cache" / "rpg-verl" / "cpu-task")).expanduser()
+
+
+def build_tokenizer(texts: list[str], spec: TaskSpec):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = spec.max_positions
+    return fast
+
+
+def build_model(tokenizer, spec: TaskSpec):
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=["Qwen2ForCausalLM"],
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config).float()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    return model
+
+
+def ensure_task(spec: TaskSpec = SPEC) -> Path:
+    """Build (once) and return the cached task folder; see the module docstring for its layout."""
+    root = cache_root()
+    final = root / cache_key(spec)
+    if (final / "done").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        _build(spec, tmp)
+        (tmp / "done").write_text("ok\n")
+        try:
+            tmp.rename(final)
+        except OSError:  # built concurrently by another process: keep theirs
+            if not (final / "done").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _build(spec: TaskSpec, out: Path) -> None:
+    import pandas as pd
+
+    train, val = make_problems(spec)
+    corpus = [PROMPT_TEMPLATE.format(problem=problem_text(p["a"], p["b"], p["name"], p["thing"])) for p in train + val]
+    corpus += [solution_text(a, b) for a in range(spec.max_operand + 1) for b in range(spec.max_operand + 1)]
+    tokenizer = build_tokenizer(corpus, spec)
+    model = build_model(tokenizer, spec)
+    record = warm_start(model, tokenizer, train, spec)
+    model_dir = out / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    pd.DataFrame(rl_rows(train, "train", spec.data_source)).to_parquet(out / "train.parquet")
+    pd.DataFrame(rl_rows(val, "val", spec.data_source)).to_parquet(out / "val.parquet")
+    (out / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _encode_prompt(tokenizer, p: dict) -> list[int]:
+    messages = [{"role": "user", "content": PROMPT_TEMPLATE.format(problem=problem_text(p["a"], p["b"], p["name"], p["thing"]))}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"])
+
+
+def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int) -> float:
+    """Fraction of ``problems`` whose answer, sampled at temperature 1, is the sum (checked on the answer line)."""
+    import torch
+
+    from rpg_ext.cpu.hf_rollout import generate_batch
+
+    outputs = generate_batch(
+        model, [_encode_prompt(tokenizer, p) for p in problems], [8] * len(problems), temperature=1.0, top_k=-1,
+        top_p=1.0, eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens, _ in outputs]
+    return sum(t.strip() == solution_text(p["a"], p["b"]) for t, p in zip(texts, problems, strict=True)) / len(problems)
+
+
+def warm_start(model, tokenizer, train: list[dict], spec: TaskSpec) -> dict:
+    """Supervised pass over solved training problems (loss on the response tokens, eos included), stopped at the
+    first check where sampling solves at least ``warm_target_acc`` of a fixed probe of training problems.
+
+    The stopping rule fixes the capability the RL run starts from, whatever the optimisation's path (small
+    models learn such tables in sudden jumps, at seed-dependent steps)."""
+    import time
+
+    import torch
+
+    rng = random.Random(spec.seed + 1)
+    probe = rng.sample(train, spec.warm_probe_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.warm_lr, weight_decay=0.0)
+    pad = tokenizer.pad_token_id
+    start, losses, acc = time.time(), [], 0.0
+    for step in range(1, spec.warm_max_steps + 1):
+        model.train()
+        seqs, masks = [], []
+        for p in rng.sample(train, spec.warm_batch):
+            prompt = _encode_prompt(tokenizer, p)
+            response = tokenizer.encode(solution_text(p["a"], p["b"]), add_special_tokens=False)
+            response.append(tokenizer.eos_token_id)
+            seqs.append(prompt + response)
+            masks.append([0] * len(prompt) + [1] * len(response))
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        loss_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])[:, 1:].float()
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        loss = (nll * loss_mask).sum() / loss_mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % spec.warm_check_every == 0:
+            model.eval()
+            acc = sampled_accuracy(model, tokenizer, probe, seed=spec.seed + step)
+            if acc >= spec.warm_target_acc:
+                break
+    else:
+        raise RuntimeError(
+            f"warm start: after {spec.warm_max_steps} steps sampling solves {acc:.2f} of the probe, below the target "
+            f"{spec.warm_target_acc}; the embedded task cannot be built as specified (rpg_ext/cpu/task.py SPEC)"
+        )
+    model.eval()
+    return {"warm_steps": step, "probe_sampled_accuracy": acc, "final_loss": losses[-1],
+            "seconds": round(time.time() - start, 1)}
