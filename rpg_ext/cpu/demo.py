@@ -263,7 +263,7 @@ def validation_curve(log_path: Path | str) -> tuple[str | None, dict[int, float]
 
 def print_summary(run_dir: Path, log_path: Path, seconds: float) -> None:
     key, curve = validation_curve(log_path)
-    lines = [f"[rpg_ext.cpu] done in {seconds:.0f} s (trainer only). Run directory {run_dir}:",
+    lines = [f"[rpg_ext.cpu] done in {seconds:.0f} s (Ray start to end of training). Run directory {run_dir}:",
              f"  resolved config  {run_dir / 'resolved_config.yaml'}",
              f"  metrics (verl file logger, JSONL)  {log_path}"]
     if curve:

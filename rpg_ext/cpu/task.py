@@ -4,25 +4,28 @@ Everything is built locally (no hub downloads), deterministically from :data:`SP
 under ``$RPG_CPU_CACHE`` (default ``~/.cache/rpg-verl/cpu-task``) in a folder named by a hash of the spec and
 of this file's source, so a change to either builds a new one:
 
-    <cache>/<key>/tokenizer + model   Hugging Face folder (``actor_rollout_ref.model.path``): a Qwen2 causal LM
+    <cache>/<key>/model               Hugging Face folder (``actor_rollout_ref.model.path``): a Qwen2 causal LM
                                       and a byte-level BPE tokenizer trained on the task's text, with a ChatML
                                       chat template (eos ``<|im_end|>``) so verl's RLHFDataset and agent loop
                                       render prompts exactly as for a Qwen model
     <cache>/<key>/train.parquet       RL prompts in verl's RL parquet format
     <cache>/<key>/val.parquet         held-out prompts (no problem text occurs in both files)
-    <cache>/<key>/warm_start.json     the warm start's record (steps, final loss, seconds)
+    <cache>/<key>/warm_start.json     the warm start's record (steps, seconds, probe accuracies)
 
 The task: one-digit additions told as a short story ("Kim has 7 cards and gets 5 more. How many cards does Kim
-have now?", 10 x 10 sums x 20 names x 10 objects), wrapped in the paper's prompt template and answered in the
-paper's format (``Answer: 12``); ``data_source`` is ``math_dapo``, which both verl's default reward router and
-the recipe's reward (``recipe/rpg/reward.py``) score with verl's ``math_dapo`` scorer. 64 problems are held out
-for validation; their texts never occur in training (the sums themselves do: there are only 100).
+have now?", 10 x 10 sums x 20 names x 10 objects), wrapped in the paper's prompt template, to be answered in the
+paper's format (a last line ``Answer: 12``); ``data_source`` is ``math_dapo``, which both verl's default reward
+router and the recipe's reward (``recipe/rpg/reward.py``) score with verl's ``math_dapo`` scorer (+1 right, -1
+wrong or unparsable). 64 problems are held out for validation; their texts never occur in training (the sums
+themselves do: there are only 100).
 
 A randomly initialised model never writes ``Answer:``, so RL alone would have nothing to reinforce. The model is
-therefore warm-started like a base model is pretrained: a short supervised pass (teacher forcing on the response
-tokens) over solved *training* problems, stopped well before convergence. It then writes the format and knows
-most sums, but sampling at temperature 1 still gives a wrong sum about half of the time: verl's validation
-(sampled, as the paper's Mean@k) starts near 0.5 and RL has room to raise it.
+warm-started the way a base model is pretrained: a short supervised pass over solved *training* problems in
+which only 30% of the solutions use the required answer line and the others state the answer as a sentence
+("The answer is 12.", which the verifier rejects). The base model thus knows the sums (greedy decoding states
+the right one on about 95% of problems) but follows the required format only about a quarter of the time when
+sampling, like base models often do: verl's validation (sampled, as the paper's Mean@k) starts near 0.2, and
+RL from the verifiable reward raises it by teaching the format (and sharpening the sums).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import inspect
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -66,8 +70,11 @@ class TaskSpec:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 256
-    # warm start (supervised, on training problems only): stops once sampling solves warm_target_acc of a probe
-    warm_target_acc: float = 0.5
+    # warm start (supervised, on training problems only): solutions end with the paper's "Answer: N" line with
+    # probability answer_line_rate, else with the sentence "The answer is N." (which the verifier rejects); it
+    # stops once greedy decoding gets the sum right on warm_target_sum_acc of a probe of training problems
+    answer_line_rate: float = 0.3
+    warm_target_sum_acc: float = 0.95
     warm_max_steps: int = 3000
     warm_check_every: int = 25
     warm_probe_size: int = 128
@@ -86,9 +93,15 @@ def problem_text(a: int, b: int, name: str, thing: str) -> str:
     return f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
 
 
-def solution_text(a: int, b: int) -> str:
-    """The solution in the paper's answer format."""
-    return f"Answer: {a + b}"
+def solution_text(a: int, b: int, answer_line: bool = True) -> str:
+    """A solution: the paper's answer line ``Answer: N``, or the same answer as a sentence the verifier rejects."""
+    return f"Answer: {a + b}" if answer_line else f"The answer is {a + b}."
+
+
+def stated_number(text: str) -> int | None:
+    """The last integer a response states, whatever its format (None when it states none)."""
+    numbers = re.findall(r"-?\d+", text)
+    return int(numbers[-1]) if numbers else None
 
 
 def make_problems(spec: TaskSpec = SPEC) -> tuple[list[dict], list[dict]]:
@@ -206,7 +219,8 @@ def _build(spec: TaskSpec, out: Path) -> None:
 
     train, val = make_problems(spec)
     corpus = [PROMPT_TEMPLATE.format(problem=problem_text(p["a"], p["b"], p["name"], p["thing"])) for p in train + val]
-    corpus += [solution_text(a, b) for a in range(spec.max_operand + 1) for b in range(spec.max_operand + 1)]
+    corpus += [solution_text(a, b, line) for a in range(spec.max_operand + 1) for b in range(spec.max_operand + 1)
+               for line in (True, False)]
     tokenizer = build_tokenizer(corpus, spec)
     model = build_model(tokenizer, spec)
     record = warm_start(model, tokenizer, train, spec)
@@ -224,43 +238,51 @@ def _encode_prompt(tokenizer, p: dict) -> list[int]:
         "input_ids"])
 
 
-def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int) -> float:
-    """Fraction of ``problems`` whose answer, sampled at temperature 1, is the sum (checked on the answer line)."""
+def probe(model, tokenizer, problems: list[dict], seed: int, temperature: float) -> dict:
+    """On ``problems``, sampling at ``temperature`` (0: greedy): the fraction whose response states the right
+    sum in any format (``sum_acc``) and the fraction answered exactly ``Answer: <sum>`` (``answer_line_acc``)."""
     import torch
 
     from rpg_ext.cpu.hf_rollout import generate_batch
 
     outputs = generate_batch(
-        model, [_encode_prompt(tokenizer, p) for p in problems], [8] * len(problems), temperature=1.0, top_k=-1,
-        top_p=1.0, eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id,
+        model, [_encode_prompt(tokenizer, p) for p in problems], [12] * len(problems), temperature=temperature,
+        top_k=-1, top_p=1.0, eos_ids={tokenizer.eos_token_id}, pad_id=tokenizer.pad_token_id,
         generator=torch.Generator().manual_seed(seed),
     )
-    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens, _ in outputs]
-    return sum(t.strip() == solution_text(p["a"], p["b"]) for t, p in zip(texts, problems, strict=True)) / len(problems)
+    texts = [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens, _ in outputs]
+    n = len(problems)
+    return {
+        "sum_acc": sum(stated_number(t) == p["a"] + p["b"] for t, p in zip(texts, problems, strict=True)) / n,
+        "answer_line_acc": sum(t == solution_text(p["a"], p["b"]) for t, p in zip(texts, problems, strict=True)) / n,
+    }
 
 
 def warm_start(model, tokenizer, train: list[dict], spec: TaskSpec) -> dict:
-    """Supervised pass over solved training problems (loss on the response tokens, eos included), stopped at the
-    first check where sampling solves at least ``warm_target_acc`` of a fixed probe of training problems.
+    """Supervised pass over solved training problems (loss on the response tokens, eos included).
 
-    The stopping rule fixes the capability the RL run starts from, whatever the optimisation's path (small
-    models learn such tables in sudden jumps, at seed-dependent steps)."""
+    A solution ends with the paper's answer line with probability ``answer_line_rate``, else with the answer as
+    a sentence: the model learns the sums and to use the required format only some of the time, as base models
+    often do. Training stops at the first check where greedy decoding states the right sum (in either format)
+    on ``warm_target_sum_acc`` of a fixed probe of training problems: stopping on a measured accuracy fixes
+    where RL starts from, whatever the optimisation's path (small models learn such tables in sudden jumps, at
+    seed-dependent steps)."""
     import time
 
     import torch
 
     rng = random.Random(spec.seed + 1)
-    probe = rng.sample(train, spec.warm_probe_size)
+    probe_set = rng.sample(train, spec.warm_probe_size)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.warm_lr, weight_decay=0.0)
     pad = tokenizer.pad_token_id
-    start, losses, acc = time.time(), [], 0.0
+    start, losses, greedy = time.time(), [], {"sum_acc": 0.0}
     for step in range(1, spec.warm_max_steps + 1):
         model.train()
         seqs, masks = [], []
         for p in rng.sample(train, spec.warm_batch):
             prompt = _encode_prompt(tokenizer, p)
-            response = tokenizer.encode(solution_text(p["a"], p["b"]), add_special_tokens=False)
-            response.append(tokenizer.eos_token_id)
+            text = solution_text(p["a"], p["b"], answer_line=rng.random() < spec.answer_line_rate)
+            response = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
             seqs.append(prompt + response)
             masks.append([0] * len(prompt) + [1] * len(response))
         width = max(map(len, seqs))
@@ -276,14 +298,17 @@ def warm_start(model, tokenizer, train: list[dict], spec: TaskSpec) -> dict:
         losses.append(loss.item())
         if step % spec.warm_check_every == 0:
             model.eval()
-            acc = sampled_accuracy(model, tokenizer, probe, seed=spec.seed + step)
-            if acc >= spec.warm_target_acc:
+            greedy = probe(model, tokenizer, probe_set, seed=0, temperature=0.0)
+            if greedy["sum_acc"] >= spec.warm_target_sum_acc:
                 break
     else:
         raise RuntimeError(
-            f"warm start: after {spec.warm_max_steps} steps sampling solves {acc:.2f} of the probe, below the target "
-            f"{spec.warm_target_acc}; the embedded task cannot be built as specified (rpg_ext/cpu/task.py SPEC)"
+            f"warm start: after {spec.warm_max_steps} steps greedy decoding states the right sum on "
+            f"{greedy['sum_acc']:.2f} of the probe, below the target {spec.warm_target_sum_acc}; the embedded task "
+            "cannot be built as specified (rpg_ext/cpu/task.py SPEC)"
         )
     model.eval()
-    return {"warm_steps": step, "probe_sampled_accuracy": acc, "final_loss": losses[-1],
-            "seconds": round(time.time() - start, 1)}
+    sampled = probe(model, tokenizer, probe_set, seed=1, temperature=1.0)
+    return {"warm_steps": step, "final_loss": losses[-1], "seconds": round(time.time() - start, 1),
+            "probe_greedy_sum_acc": greedy["sum_acc"], "probe_sampled_sum_acc": sampled["sum_acc"],
+            "probe_sampled_answer_line_acc": sampled["answer_line_acc"]}
