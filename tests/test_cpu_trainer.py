@@ -20,7 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 420  # a 2-step run takes about a minute here; CI machines may be slower
-SYNCED_PROB_DIFF = 1e-3  # max |p_rollout - p_actor| of a synced fp32 rollout is ~1e-5; unsynced is ~1e-1
+SYNCED_PROB_DIFF = 1e-3  # max |p_rollout - p_actor|: ~1e-6 when synced (fp32); ~0.3 after one missed update
 
 RPG_METRICS = ["kl", "iw_mean", "iw_max", "iw_ess", "clipfrac_high", "clipfrac_low", "clipfrac_dual"]
 
@@ -71,7 +71,9 @@ def runs(tmp_path_factory):
     def get(loss: str) -> tuple[Path, subprocess.CompletedProcess]:
         if loss not in done:
             run_dir = tmp_path_factory.mktemp(f"cpu-{loss}")
-            done[loss] = run_dir, run_demo(run_dir, "--loss", loss, "--steps", "2", "--test-freq", "2")
+            # no lr warm-up: verl's warm-up starts at lr 0, and step 1 must change the actor's weights
+            done[loss] = run_dir, run_demo(run_dir, "--loss", loss, "--steps", "2", "--test-freq", "2",
+                                           "actor_rollout_ref.actor.optim.lr_warmup_steps=0")
         return done[loss]
 
     return get
@@ -99,23 +101,26 @@ def test_two_step_run_trains_with_the_loss_and_synced_weights(runs, loss):
     else:
         assert rpg_keys == []  # the control: verl's vanilla loss logs no RPG metric
     # the actor was updated at step 1, so step 2's agreement shows that the update reached the rollout
-    assert rows[0]["actor/grad_norm"] > 0
+    assert rows[0]["actor/grad_norm"] > 0 and rows[0]["actor/lr"] > 0
     assert weights_synced(log), [r["training/rollout_probs_diff_max"] for r in rows]
     # verl's validation ran before training and at the last step
     assert {0, 2} <= {s for s, m in log.items() if any(k.startswith("val-core/") for k in m)}
 
 
 def test_dropped_weight_push_is_detected(tmp_path):
-    """Negative control: the rollout keeps its initial (dummy) weights; the same check must fail.
-
-    A random rollout model solves nothing, so DAPO's dynamic sampling (which keeps only groups with mixed
-    outcomes) would refill forever: it is off in this run."""
+    """Negative control: the same 2-step run, but the rollout drops every weight push and starts from the
+    checkpoint. Step 1 agrees (both sides hold the initial weights); after step 1's update the same check must
+    fail, which is what makes step 2's agreement in the runs above evidence of the sync."""
     run_dir = tmp_path / "frozen"
-    proc = run_demo(run_dir, "--loss", "vanilla", "--steps", "1", "--test-freq", "-1",
-                    "++actor_rollout_ref.rollout.engine_kwargs.hf.freeze_weights=true",
-                    "algorithm.filter_groups.enable=False")
+    proc = run_demo(run_dir, "--loss", "vanilla", "--steps", "2", "--test-freq", "-1",
+                    "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
+                    "actor_rollout_ref.rollout.load_format=auto",
+                    "++actor_rollout_ref.rollout.engine_kwargs.hf.freeze_weights=true")
     assert proc.returncode == 0, proc.stdout[-5000:]
     log = read_log(run_dir)
+    rows = training_steps(log)
+    assert rows[0]["training/rollout_probs_diff_max"] < SYNCED_PROB_DIFF
+    assert rows[0]["actor/grad_norm"] > 0 and rows[0]["actor/lr"] > 0
     assert not weights_synced(log)
 
 

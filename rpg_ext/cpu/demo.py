@@ -137,14 +137,12 @@ def cpu_overrides(
         f"trainer.test_freq={test_freq}",
         "trainer.val_before_train=True",
         "trainer.save_freq=-1",
-        "trainer.logger=[console,file]",
         "trainer.project_name=rpg-verl-cpu",
     ]
-    if recipe:
-        o += [
-            # the recipe's DAPO overlong shaping, scaled to the short responses
-            f"reward.reward_kwargs.overlong_buffer_cfg.len={MAX_RESPONSE_LENGTH // 3}",
-        ]
+    if recipe:  # the recipe's DAPO overlong shaping, scaled to the short responses (its loggers are kept)
+        o.append(f"reward.reward_kwargs.overlong_buffer_cfg.len={MAX_RESPONSE_LENGTH // 3}")
+    else:  # verl's default loggers include wandb
+        o.append("trainer.logger=[console,file]")
     return o
 
 
