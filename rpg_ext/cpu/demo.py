@@ -324,13 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="actor ranks (FSDP world size) = rollout replicas")
     parser.add_argument("--test-freq", type=int, default=10, help="validate every N steps (and before training)")
     parser.add_argument("--run-dir", help="run directory (default runs/cpu-<loss>)")
+    parser.add_argument("--log-path", help="verl file-logger JSONL (default <run-dir>/logs/<UTC timestamp>.jsonl)")
+    parser.add_argument("--name", help="trainer.experiment_name (default cpu-<loss>)")
+    parser.add_argument("--base-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override applied before the CPU overrides (repeatable), e.g. a launcher preset's "
+                             "method=..., algorithm.policy_loss=..., algorithm.rpg.beta=...")
     parser.add_argument("--config", choices=["auto", "recipe", "verl"], default="auto",
                         help="base config: the recipe's rpg_trainer.yaml (auto, when present) or verl's ppo_trainer")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, applied last")
     args = parser.parse_args(argv)
-    run(args.overrides, run_dir=args.run_dir, loss=args.loss, config=args.config, steps=args.steps,
-        prompts_per_step=args.prompts, responses_per_prompt=args.responses, n_workers=args.workers,
-        test_freq=args.test_freq)
+    run(args.overrides, base_overrides=args.base_override, run_dir=args.run_dir, log_path=args.log_path,
+        loss=args.loss, name=args.name, config=args.config, steps=args.steps, prompts_per_step=args.prompts,
+        responses_per_prompt=args.responses, n_workers=args.workers, test_freq=args.test_freq)
     return 0
 
 
