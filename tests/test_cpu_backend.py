@@ -205,3 +205,13 @@ def test_patches_refuse_another_verl_release(monkeypatch):
         patches.patch_forward_only_offload()
     with pytest.raises(RuntimeError, match=r"0\.9\.2"):
         patches.patch_valuehead_attention()
+
+
+def test_unimplemented_sampling_parameters_are_refused():
+    from rpg_ext.cpu.hf_rollout import check_sampling_params
+
+    check_sampling_params({"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True})
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        check_sampling_params({"repetition_penalty": 1.1})
+    with pytest.raises(ValueError, match="min_p"):
+        check_sampling_params({"temperature": 1.0, "min_p": 0.1})

@@ -162,6 +162,22 @@ def generate_batch(
     return list(zip(tokens, log_probs, strict=True))
 
 
+#: Sampling parameters the server implements, and those it accepts only at their neutral value.
+SAMPLING_KEYS = {"temperature", "top_k", "top_p", "logprobs", "max_tokens", "max_new_tokens"}
+NEUTRAL_SAMPLING = {"repetition_penalty": 1.0, "ignore_eos": False}
+
+
+def check_sampling_params(sampling_params: dict[str, Any]) -> None:
+    """Refuse what the hf rollout does not implement instead of silently sampling something else."""
+    unknown = sorted(set(sampling_params) - SAMPLING_KEYS - set(NEUTRAL_SAMPLING))
+    if unknown:
+        raise ValueError(f"the hf rollout does not implement the sampling parameters {unknown} "
+                         f"(it implements {sorted(SAMPLING_KEYS)})")
+    for key, neutral in NEUTRAL_SAMPLING.items():
+        if key in sampling_params and sampling_params[key] != neutral:
+            raise ValueError(f"the hf rollout implements {key}={neutral!r} only, got {sampling_params[key]!r}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Server
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,6 +218,7 @@ class HFRolloutServer:
         self.replica_rank = replica_rank
         self.node_rank = node_rank
         opts = hf_options(self.config)
+        check_sampling_params({k: getattr(self.config, k) for k in NEUTRAL_SAMPLING if hasattr(self.config, k)})
         torch.set_num_threads(int(opts.get("torch_threads", 1)))
         self.max_batch_size = int(opts.get("max_batch_size", self.config.max_num_seqs))
 
@@ -263,6 +280,7 @@ class HFRolloutServer:
         media = [k for k in ("image_data", "video_data", "audio_data") if kwargs.get(k) is not None]
         if media:
             raise NotImplementedError(f"the hf rollout is text-only; request {request_id} carries {media}")
+        check_sampling_params(sampling_params)
         prompt_ids = [int(t) for t in prompt_ids]
         top_k = sampling_params.get("top_k", -1)
         req = _Request(
