@@ -1,10 +1,11 @@
-"""verl's real v1 trainer on the CPU (rpg_ext.cpu.demo): short runs on the embedded default task.
+"""verl's real v1 trainer on the CPU: short runs on the embedded default task.
 
-Each run is a subprocess `python -m rpg_ext.cpu.demo` (Ray, FSDP2 over gloo, agent loop with the hf rollout,
-TransferQueue); its evidence is what verl itself logged with its file logger. The rollout-vs-actor
-probability difference is verl's metric (training/rollout_probs_diff_max: |p_rollout - p_actor| over response
-tokens, the actor's side computed by verl's FSDP engine); a run whose weight push is dropped is the negative
-control of that check.
+The RPG runs go through the presets (``bash scripts/run_rpg_urkl.sh`` on a machine without a GPU hands over to
+``rpg_ext.cpu.demo``), the vanilla control through ``python -m rpg_ext.cpu.demo``. Each run is a subprocess (Ray,
+FSDP2 over gloo, agent loop with the hf rollout, TransferQueue); its evidence is what verl itself logged with its
+file logger. The rollout-vs-actor probability difference is verl's metric (training/rollout_probs_diff_max:
+|p_rollout - p_actor| over response tokens, the actor's side computed by verl's FSDP engine); a run whose weight
+push is dropped is the negative control of that check.
 """
 
 import json
@@ -29,7 +30,10 @@ pytestmark = pytest.mark.slow
 
 def run_demo(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    cmd = [sys.executable, "-m", "rpg_ext.cpu.demo", "--run-dir", str(run_dir), *args]
+    return _communicate([sys.executable, "-m", "rpg_ext.cpu.demo", "--run-dir", str(run_dir), *args], env)
+
+
+def _communicate(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -39,6 +43,13 @@ def run_demo(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
         out, _ = proc.communicate()
         pytest.fail(f"{cmd} did not finish in {RUN_TIMEOUT_S} s; output tail:\n{out[-5000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def run_launcher(run_dir: Path, preset: str, steps: int, *overrides: str) -> subprocess.CompletedProcess:
+    """``STEPS=N RUN_DIR=... bash scripts/<preset> overrides...`` as a user types it on a machine without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VIRTUAL_ENV", "CONDA_PREFIX")}
+    env.update(RPG_RUN_PYTHON=sys.executable, STEPS=str(steps), RUN_DIR=str(run_dir))
+    return _communicate(["bash", f"scripts/{preset}", *overrides], env)
 
 
 def read_log(run_dir: Path) -> dict[int, dict]:
@@ -72,8 +83,11 @@ def runs(tmp_path_factory):
         if loss not in done:
             run_dir = tmp_path_factory.mktemp(f"cpu-{loss}")
             # no lr warm-up: verl's warm-up starts at lr 0, and step 1 must change the actor's weights
-            done[loss] = run_dir, run_demo(run_dir, "--loss", loss, "--steps", "2", "--test-freq", "2",
-                                           "actor_rollout_ref.actor.optim.lr_warmup_steps=0")
+            overrides = ("trainer.test_freq=2", "actor_rollout_ref.actor.optim.lr_warmup_steps=0")
+            if loss.startswith("rpg_"):  # the RPG presets through the launcher, as on a machine without a GPU
+                done[loss] = run_dir, run_launcher(run_dir, f"run_{loss}.sh", 2, *overrides)
+            else:  # verl's vanilla loss (the control) on the recipe's config
+                done[loss] = run_dir, run_demo(run_dir, "--loss", loss, "--steps", "2", *overrides)
         return done[loss]
 
     return get
@@ -105,6 +119,10 @@ def test_two_step_run_trains_with_the_loss_and_synced_weights(runs, loss):
     assert weights_synced(log), [r["training/rollout_probs_diff_max"] for r in rows]
     # verl's validation ran before training and at the last step
     assert {0, 2} <= {s for s, m in log.items() if any(k.startswith("val-core/") for k in m)}
+    if loss.startswith("rpg_"):  # the launcher said what it did and wrote the table of the run
+        assert "No GPU is visible: running verl's real trainer on this CPU instead" in proc.stdout
+        assert f"table and figures           {run_dir / 'report'}" in proc.stdout
+        assert f"cpu-{loss}" in (run_dir / "report" / "table.md").read_text()
 
 
 def test_dropped_weight_push_is_detected(tmp_path):

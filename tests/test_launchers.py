@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from omegaconf import OmegaConf
 
 from tests.test_recipe_config import PRESETS, assert_values, paper_values
@@ -81,14 +82,45 @@ def test_launcher_errors_exit_nonzero():
     assert proc.returncode == 2 and "unknown argument '--dryrun'" in proc.stderr
 
 
-def test_without_gpu_a_real_launch_stops_before_ray(tmp_path):
+def test_without_gpu_a_launch_hands_its_algorithm_to_the_cpu_trainer(tmp_path, monkeypatch, capsys):
+    """No GPU: no data files are required, and verl's trainer on the CPU (rpg_ext.cpu.demo) gets the preset's
+    algorithm as base overrides, STEPS, the run directory, and the command line's overrides last; make_tables.py
+    follows. (The real runs through the launcher are in test_cpu_trainer.py.)"""
+    from recipe.rpg import launch
+
+    calls = []
+    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    monkeypatch.setattr("subprocess.call", lambda cmd, **kw: calls.append(cmd) or 0)
     run_dir = tmp_path / "run"
-    proc = run(["bash", "scripts/run_rpg_urkl.sh", "--skip-data-check"], {"RUN_DIR": str(run_dir)})
-    assert proc.returncode == 3, proc.stderr
-    assert "No GPU is visible on this machine, so nothing was started (no Ray, no download)." in proc.stderr
-    assert "bash scripts/run_rpg_urkl.sh --dry-run" in proc.stderr
-    assert "ray init" not in proc.stdout + proc.stderr
-    assert not run_dir.exists()
+    env = {"METHOD": "grpo", "KL": "ufkl", "KL_BETA": "0.01", "CLIP": "0.1,0.1", "REFERENCE": "periodic",
+           "REFERENCE_EVERY": "2", "STEPS": "3", "LR": "1e-5", "MODEL": "/nowhere/model", "RUN_DIR": str(run_dir),
+           "DATA_DIR": str(tmp_path / "no-data-here")}
+    assert launch.main(["algorithm.rpg.kl.beta=0.02"], env=env) == 0
+    demo, tables = calls
+    assert demo[1:3] == ["-m", "rpg_ext.cpu.demo"]
+    opts = dict(zip(demo[3:13:2], demo[4:13:2]))
+    assert opts["--steps"] == "3" and opts["--run-dir"] == str(run_dir) and opts["--config"] == "recipe"
+    assert opts["--log-path"].startswith(str(run_dir / "logs") + "/")
+    base = [a.partition("=")[2] for a in demo if a.startswith("--base-override=")]
+    assert base == ["method=grpo", "algorithm.rpg.kl.divergence=ufkl", "actor_rollout_ref.actor.use_kl_loss=False",
+                    "algorithm.rpg.kl.beta=0.01", "algorithm.rpg.reference=periodic",
+                    "algorithm.rpg.reference_every=2", "actor_rollout_ref.actor.clip_ratio_low=0.1",
+                    "actor_rollout_ref.actor.clip_ratio_high=0.1"]  # not the model, lr, data or context
+    assert demo[demo.index("--") + 1:] == ["algorithm.rpg.kl.beta=0.02"]
+    assert tables[1].endswith("scripts/make_tables.py") and f"cpu-grpo-ufkl={run_dir}" in tables
+    out = capsys.readouterr().out
+    assert "No GPU is visible: running verl's real trainer on this CPU instead" in out
+    assert "The real run of grpo needs 1 node(s) x 8 NVIDIA GPUs" in out and "/nowhere/model" in out
+    assert f"table and figures           {run_dir / 'report'}" in out
+
+
+def test_without_gpu_a_bad_override_is_refused_before_the_cpu_run(monkeypatch, capsys):
+    from recipe.rpg import launch
+
+    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    monkeypatch.setattr("subprocess.call", lambda cmd, **kw: pytest.fail(f"started {cmd}"))
+    assert launch.main(["algorithm.rpg.beta=-1"], env={"METHOD": "rpg_rkl"}) == 2
+    assert "algorithm.rpg.beta must be a finite float >= 0" in capsys.readouterr().err
 
 
 def test_main_rpg_takes_algorithm_policy_loss_without_plus():

@@ -102,6 +102,8 @@ class Launch:
     log_file: str
     tensorboard_dir: str | None
     settings: dict[str, str]
+    algorithm_overrides: list[str]  # the method's algorithm: group, loss, KL, reference, clips, beta
+    user_overrides: list[str]  # the command line's key=value (last in ``overrides``)
 
 
 def _quote(value: str) -> str:
@@ -161,42 +163,44 @@ def build_launch(env: Mapping[str, str], extra_overrides: list[str], timestamp: 
         )
 
     group, policy_loss, method_overrides = METHODS[method]
-    ov = [f"method={group}", f"context={context}"]
+    # The method's algorithm (group, loss, KL, reference, clips, beta): what a run without a GPU keeps.
+    algo = [f"method={group}"]
     if policy_loss is not None:
-        ov.append(f"algorithm.policy_loss={policy_loss}")
-    ov += list(method_overrides)
+        algo.append(f"algorithm.policy_loss={policy_loss}")
+    algo += list(method_overrides)
     if "POLICY_LOSS" in env:  # another registered loss on the method's settings, e.g. gspo or cispo
-        ov.append(f"algorithm.policy_loss={env['POLICY_LOSS']}")
+        algo.append(f"algorithm.policy_loss={env['POLICY_LOSS']}")
     if "KL" in env:
         if env["KL"] not in KL_DIVERGENCES:
             raise LaunchError(f"KL={env['KL']!r}: the RPG KL regularizer is one of {', '.join(KL_DIVERGENCES)}")
-        ov.append(f"algorithm.rpg.kl.divergence={env['KL']}")
+        algo.append(f"algorithm.rpg.kl.divergence={env['KL']}")
         if method in ("grpo",):  # the regularizer replaces GRPO's own KL loss
-            ov.append(f"{ACTOR_KEY}.use_kl_loss=False")
+            algo.append(f"{ACTOR_KEY}.use_kl_loss=False")
     if "KL_BETA" in env:
-        ov.append(f"algorithm.rpg.kl.beta={_float(env, 'KL_BETA')}")
+        algo.append(f"algorithm.rpg.kl.beta={_float(env, 'KL_BETA')}")
     if "REFERENCE" in env:
         if env["REFERENCE"] not in REFERENCES:
             raise LaunchError(f"REFERENCE={env['REFERENCE']!r}; choose one of: {', '.join(REFERENCES)}")
-        ov.append(f"algorithm.rpg.reference={env['REFERENCE']}")
+        algo.append(f"algorithm.rpg.reference={env['REFERENCE']}")
     if "REFERENCE_EVERY" in env:
-        ov.append(f"algorithm.rpg.reference_every={_int(env, 'REFERENCE_EVERY')}")
+        algo.append(f"algorithm.rpg.reference_every={_int(env, 'REFERENCE_EVERY')}")
     if "REFERENCE_KL_TARGET" in env:
-        ov.append(f"algorithm.rpg.reference_kl_target={_float(env, 'REFERENCE_KL_TARGET')}")
-    if "MODEL" in env:
-        ov.append(f"actor_rollout_ref.model.path={_quote(env['MODEL'])}")
+        algo.append(f"algorithm.rpg.reference_kl_target={_float(env, 'REFERENCE_KL_TARGET')}")
     if "CLIP" in env:
         parts = [p.strip() for p in env["CLIP"].split(",")]
         if len(parts) != 2:
             raise LaunchError(f"CLIP={env['CLIP']!r} must be 'eps_low,eps_high', for example 0.2,0.28")
         low, high = (_float({"CLIP": p}, "CLIP") for p in parts)
-        ov += [f"actor_rollout_ref.actor.clip_ratio_low={low}", f"actor_rollout_ref.actor.clip_ratio_high={high}"]
+        algo += [f"actor_rollout_ref.actor.clip_ratio_low={low}", f"actor_rollout_ref.actor.clip_ratio_high={high}"]
     if "CLIP_C" in env:
-        ov.append(f"actor_rollout_ref.actor.clip_ratio_c={_float(env, 'CLIP_C')}")
+        algo.append(f"actor_rollout_ref.actor.clip_ratio_c={_float(env, 'CLIP_C')}")
     if "BETA" in env:
-        ov.append(f"algorithm.rpg.beta={_float(env, 'BETA')}")
+        algo.append(f"algorithm.rpg.beta={_float(env, 'BETA')}")
     if "RPG_CLIP" in env:
-        ov.append(f"algorithm.rpg.clip={env['RPG_CLIP']}")
+        algo.append(f"algorithm.rpg.clip={env['RPG_CLIP']}")
+    ov = [*algo[:1], f"context={context}", *algo[1:]]
+    if "MODEL" in env:
+        ov.append(f"actor_rollout_ref.model.path={_quote(env['MODEL'])}")
     if "LR" in env:
         ov.append(f"actor_rollout_ref.actor.optim.lr={_float(env, 'LR')}")
     if "STEPS" in env:
@@ -244,8 +248,13 @@ def build_launch(env: Mapping[str, str], extra_overrides: list[str], timestamp: 
     if tensorboard_dir:
         ov.append(f"+{env_vars}.TENSORBOARD_DIR={_quote(tensorboard_dir)}")
 
-    settings = dict(method=method, backend=backend, context=context, optim=optim)
-    return Launch(CONFIG_NAMES[backend], ov + list(extra_overrides), run_dir, log_file, tensorboard_dir, settings)
+    settings = dict(method=method, backend=backend, context=context, optim=optim, variant=variant)
+    if "STEPS" in env:
+        settings["steps"] = env["STEPS"]
+    if "RUN_DIR" in env:
+        settings["run_dir"] = run_dir
+    return Launch(CONFIG_NAMES[backend], ov + list(extra_overrides), run_dir, log_file, tensorboard_dir, settings,
+                  algo, list(extra_overrides))
 
 
 def compose(config_name: str, overrides: list[str]):
@@ -352,22 +361,64 @@ def gpu_count() -> int:
         return 0
 
 
-def no_gpu_message(launch: Launch, cfg, script: str) -> str:
+def real_run_needs(launch: Launch, cfg, script: str) -> str:
     t = cfg.trainer
     return (
-        "No GPU is visible on this machine, so nothing was started (no Ray, no download).\n"
         f"The real run of {launch.settings['method']} needs {t.nnodes} node(s) x {t.n_gpus_per_node} NVIDIA GPUs "
         "(the paper used 8 x H100 80GB), verl 0.9.1 with vLLM (`bash scripts/setup.sh` on a GPU host installs it"
         + (", RPG_EXTRAS=test,vllm,megatron for Megatron" if launch.settings["backend"] == "megatron" else "")
-        + "), the model weights and the data files.\n"
-        f"Check this exact command here instead:  bash {script} --dry-run [--skip-data-check] [overrides ...]"
+        + f"), the model ({cfg.actor_rollout_ref.model.path}) and the data files "
+        "(`python scripts/prepare_data.py`, see the README). "
+        f"Check that exact command here with:  bash {script} --dry-run --skip-data-check [overrides ...]"
     )
 
 
+def cpu_run_paths(launch: Launch) -> tuple[str, str]:
+    """The experiment name and run directory of a launch on a machine without a GPU."""
+    name = f"cpu-{launch.settings['method']}{launch.settings.get('variant', '')}"
+    return name, launch.settings.get("run_dir") or os.path.join(REPO, "runs", name)
+
+
 def run_without_gpu(launch: Launch, cfg, script: str) -> int:
-    """What a launch does on a machine without a GPU: stop before Ray with a message (exit 3)."""
-    print(no_gpu_message(launch, cfg, script), file=sys.stderr)
-    return 3
+    """What a launch does on a machine without a GPU: verl's real trainer on the CPU (``rpg_ext.cpu.demo``), on the
+    embedded tiny model and task, with this launch's algorithm (method, loss, KL, reference, clips, beta) and the
+    command line's overrides; then ``scripts/make_tables.py`` on the run. Returns the exit status."""
+    import subprocess
+
+    from rpg_ext.cpu import demo
+
+    name, run_dir = cpu_run_paths(launch)
+    steps = launch.settings.get("steps", str(demo.DEFAULT_STEPS))
+    log_file = os.path.join(run_dir, "logs", os.path.basename(launch.log_file))
+    print(
+        f"[launch] No GPU is visible: running verl's real trainer on this CPU instead, on the embedded tiny model "
+        f"and task (a 148k-parameter Qwen2, one-digit additions in the paper's 'Answer:' format), with "
+        f"{launch.settings['method']}'s algorithm ({' '.join(launch.algorithm_overrides)}) scaled down to "
+        f"{demo.DEFAULT_PROMPTS_PER_STEP} prompts x {demo.DEFAULT_RESPONSES_PER_PROMPT} responses, responses of "
+        f"<= {demo.MAX_RESPONSE_LENGTH} tokens and {steps} steps (STEPS=N changes it; the default takes ~7 minutes "
+        f"on 2 cores). Run dir {run_dir}.",
+        flush=True,
+    )
+    cmd = [sys.executable, "-m", "rpg_ext.cpu.demo", "--config", "recipe", "--name", name, "--run-dir", run_dir,
+           "--log-path", log_file, "--steps", steps,
+           *(f"--base-override={o}" for o in launch.algorithm_overrides), "--", *launch.user_overrides]
+    rc = subprocess.call(cmd, cwd=REPO)
+    if rc != 0:
+        print(f"[launch] the CPU run failed (exit {rc}); its output is above, its metrics in {log_file}",
+              file=sys.stderr)
+        return rc
+    report = os.path.join(run_dir, "report")
+    tables = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "make_tables.py"), "--run",
+                              f"{name}={run_dir}", "--step", "last", "--out", report], cwd=REPO)
+    print("\n".join([
+        f"[launch] CPU run of {launch.settings['method']} done. Run directory {run_dir}:",
+        f"  metrics (verl file logger)  {log_file}",
+        f"  resolved config             {os.path.join(run_dir, 'resolved_config.yaml')}",
+        f"  table and figures           {report}/table.md, table.csv, table.tex, *.png, *.pdf"
+        if tables == 0 else f"  table and figures           not written: make_tables.py exited {tables} (above)",
+        real_run_needs(launch, cfg, script),
+    ]), flush=True)
+    return tables
 
 
 def start(launch: Launch, cfg) -> None:
@@ -435,12 +486,13 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except Exception as e:  # hydra's OverrideParseException / ConfigCompositionException / MissingConfigException
         print(f"error: {compose_error_message(e)}", file=sys.stderr)
         return 2
+    no_gpu = not opts["dry_run"] and gpu_count() == 0  # the run goes to the CPU trainer: no data files needed
     try:
         if opts["dump_config"]:
             path = os.path.abspath(opts["dump_config"])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             OmegaConf.save(cfg, path, resolve=True)
-        checked = check_config(cfg, check_data=opts["check_data"])
+        checked = check_config(cfg, check_data=opts["check_data"] and not no_gpu)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -453,7 +505,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         if opts["dump_config"]:
             print(f"  config dumped {os.path.abspath(opts['dump_config'])}")
         return 0
-    if gpu_count() == 0:
+    if no_gpu:
         return run_without_gpu(launch, cfg, script)
     if cfg.trainer.nnodes == 1 and gpu_count() < cfg.trainer.n_gpus_per_node:
         print(f"error: trainer.n_gpus_per_node={cfg.trainer.n_gpus_per_node} but this node has {gpu_count()} GPUs "
