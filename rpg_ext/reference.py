@@ -12,7 +12,7 @@ same mesh) and for Megatron (the same tensor/pipeline layout).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
 import torch
@@ -37,6 +37,7 @@ class ReferenceSchedule:
     steps_since_refresh: int = 0
     kl_average: Optional[float] = None
     last_refresh_step: int = 0
+    compared_kl_average: float = field(default=0.0, repr=False)  # not state: set by every observe()
 
     def observe(self, step: int, kl: Optional[float]) -> bool:
         self.steps_since_refresh += 1
@@ -50,6 +51,7 @@ class ReferenceSchedule:
             self.kl_average = kl if self.kl_average is None else d * self.kl_average + (1 - d) * kl
         due_every = self.every is not None and self.steps_since_refresh >= self.every
         due_kl = self.kl_target is not None and self.kl_average is not None and self.kl_average > self.kl_target
+        self.compared_kl_average = self.kl_average  # what this step compared with the target (logged)
         if due_every or due_kl:
             self.refreshes += 1
             self.steps_since_refresh = 0
@@ -64,7 +66,8 @@ class ReferenceSchedule:
             "actor/rpg/steps_since_reference_refresh": float(self.steps_since_refresh),
         }
         if self.kl_target is not None:
-            out["actor/rpg/reference_kl_average"] = float("nan") if self.kl_average is None else self.kl_average
+            # the average this step compared with the target (also on a refresh step, where the state resets)
+            out["actor/rpg/reference_kl_average"] = self.compared_kl_average
         return out
 
     _STATE = ("refreshes", "steps_since_refresh", "kl_average", "last_refresh_step")

@@ -188,6 +188,13 @@ def test_kl_target_schedule_with_moving_average():
     s = ReferenceSchedule(kl_target=0.1, kl_decay=0.5)
     assert run_schedule(s, kls) == [3, 5]
     assert s.refreshes == 2 and s.steps_since_refresh == 2 and s.kl_average == pytest.approx(0.01)
+    # the logged average is the one compared with the target at that step, also on a refresh step (never NaN)
+    s = ReferenceSchedule(kl_target=0.1, kl_decay=0.5)
+    logged = []
+    for step, kl in enumerate(kls, start=1):
+        s.observe(step, kl)
+        logged.append(s.metrics()["actor/rpg/reference_kl_average"])
+    assert logged == pytest.approx([0.04, 0.06, 0.13, 0.05, 0.175, 0.01, 0.01])
 
 
 def test_both_triggers_and_metrics():
