@@ -90,7 +90,7 @@ def paper_values(method: str, context: str) -> dict:
             "algorithm.use_kl_in_reward": False,
             "actor_rollout_ref.actor.optim.lr": 5e-7 if method.startswith("rpg_reinforce_") else 1e-6,
         })
-    elif method == "grpo":
+    elif method in ("grpo", "grpo_corrected"):
         v.update({
             "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
             "algorithm.adv_estimator": "grpo",
@@ -103,20 +103,13 @@ def paper_values(method: str, context: str) -> dict:
             "algorithm.use_kl_in_reward": False,
             "actor_rollout_ref.actor.optim.lr": 1e-6,
         })
-    elif method == "grpo_corrected":  # Section 2.2: GRPO's KL importance-weighted (urkl), fixed initial reference
-        v.update({
-            "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
-            "algorithm.adv_estimator": "grpo",
-            "algorithm.norm_adv_by_std_in_grpo": True,
-            "actor_rollout_ref.actor.clip_ratio_low": 0.2,
-            "actor_rollout_ref.actor.clip_ratio_high": 0.2,
-            "actor_rollout_ref.actor.use_kl_loss": False,
-            "algorithm.rpg.kl.divergence": "urkl",
-            "algorithm.rpg.kl.beta": 1e-3,
-            "algorithm.rpg.reference": "fixed",
-            "algorithm.use_kl_in_reward": False,
-            "actor_rollout_ref.actor.optim.lr": 1e-6,
-        })
+        if method == "grpo_corrected":  # Section 2.2: GRPO's KL importance-weighted (urkl), fixed initial reference
+            v.update({
+                "actor_rollout_ref.actor.use_kl_loss": False,
+                "algorithm.rpg.kl.divergence": "urkl",
+                "algorithm.rpg.kl.beta": 1e-3,
+                "algorithm.rpg.reference": "fixed",
+            })
     elif method == "dapo":
         v.update({
             "actor_rollout_ref.actor.policy_loss.loss_mode": "vanilla",
