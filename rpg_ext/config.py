@@ -22,7 +22,7 @@ from typing import Any, Optional
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
-CLIP_MODES = ("dual", "truncate", "none")
+CLIP_MODES = ("dual", "alg1", "truncate", "none")
 DEFAULT_BETA = 1e-4
 DEFAULT_CLIP = "dual"
 #: verl's own default for ``clip_ratio_c`` (used by its ``vanilla`` loss when the key is absent).
@@ -37,14 +37,32 @@ def validate_beta(beta: Any, key: str = f"{_KEY}.policy_loss.rpg.beta") -> float
     return float(beta)
 
 
+#: Losses on which ``clip=alg1`` (the paper's Algorithm 1 as printed) keeps the objective's gradient: for the
+#: forward divergences its gradient through A_hat = A + C/w cancels the KL term's (the loss -w * A_hat is
+#: -w * A - beta * rho), so Algorithm 1 as printed would train them with no KL at all.
+ALG1_LOSSES = ("rpg_rkl", "rpg_urkl")
+
+
 def validate_clip(clip: Any, loss_name: str | None = None, key: str = f"{_KEY}.policy_loss.rpg.clip") -> str:
     if clip not in CLIP_MODES:
         raise ValueError(f"{key} must be one of {list(CLIP_MODES)}, got {clip!r}")
-    if clip == "truncate" and loss_name is not None and not loss_name.startswith("rpg_reinforce_"):
+    if loss_name is None:
+        return clip
+    reinforce = loss_name.startswith("rpg_reinforce_")
+    if clip == "truncate" and not reinforce:
         raise ValueError(
             f"{key}='truncate' (clipped REINFORCE weight) is only defined for the rpg_reinforce_* losses; "
-            f"{loss_name} accepts 'dual' or 'none'"
+            f"{loss_name} accepts 'dual', 'alg1' or 'none'"
         )
+    if clip == "alg1" and loss_name not in ALG1_LOSSES:
+        why = (
+            "it is the dual clip of a fully differentiable loss; the rpg_reinforce_* losses have their own RPG-Style "
+            "Clip (Algorithm 2), 'dual'" if reinforce else
+            f"Algorithm 1 as printed differentiates through A_hat = A + C/w, and for {loss_name}'s forward "
+            "divergence that cancels the KL term's gradient exactly (unclipped, -w * A_hat = -w * A - beta * rho: "
+            "the run would have no KL at all); it is defined for rpg_rkl and rpg_urkl. Use 'dual'"
+        )
+        raise ValueError(f"{key}='alg1' (the paper's Algorithm 1 as printed) is refused for {loss_name}: {why}")
     return clip
 
 
@@ -54,8 +72,10 @@ class RPGConfig(BaseConfig):
 
     Args:
         beta (float): KL strength beta >= 0 (paper: 1e-4).
-        clip (str): 'dual' (Algorithm 1's dual clip for rpg_*, Algorithm 2's RPG-Style Clip for rpg_reinforce_*),
-            'truncate' (rpg_reinforce_* only: clipped importance weight), or 'none'.
+        clip (str): 'dual' (rpg_*: verl's dual clip on A, KL term outside it, as the released code runs;
+            rpg_reinforce_*: Algorithm 2's RPG-Style Clip), 'alg1' (rpg_rkl, rpg_urkl: Algorithm 1 as printed, the
+            dual clip on A_hat = A + C/w with the KL inside), 'truncate' (rpg_reinforce_* only: w -> w_bar in SG,
+            Remark F.2), or 'none'.
     """
 
     beta: float = DEFAULT_BETA
@@ -187,12 +207,13 @@ class RPGAlgorithmConfig(BaseConfig):
 
     Args:
         beta (float): KL strength beta >= 0 (paper: 1e-4).
-        clip (str): 'dual' | 'truncate' (rpg_reinforce_* only) | 'none'; see :class:`RPGConfig`.
+        clip (str): 'dual' | 'alg1' (rpg_rkl, rpg_urkl) | 'truncate' (rpg_reinforce_* only) | 'none'; see :class:`RPGConfig`.
         reference (str): 'sampling' (the paper's iterative reference: pi_ref = pi_old of the step, no reference
             model), 'fixed' (the initial model, frozen) or 'periodic' (a reference model refreshed from the current
             policy every ``reference_every`` steps and/or when the moving average of the KL estimate exceeds
             ``reference_kl_target``).
-        reference_every (int | None): refresh period K in training steps ('periodic' only).
+        reference_every (int | None): refresh period K in training steps ('periodic' only): verl's step (one
+            batch, train_batch_size / ppo_mini_batch_size optimizer steps), not the paper's optimizer step.
         reference_kl_target (float | None): KL target kappa ('periodic' only).
         reference_kl_decay (float): moving-average decay of the KL estimate, avg <- d * avg + (1 - d) * kl.
         kl (RPGKLConfig): optional RPG KL regularizer on top of a non-RPG policy loss.
@@ -276,6 +297,9 @@ class RPGAlgoConfig(AlgoConfig):
             )
         if not isinstance(self.rpg, RPGAlgorithmConfig):
             object.__setattr__(self, "rpg", _block(RPGAlgorithmConfig, self.rpg, f"{_ALGO_KEY}.rpg"))
+        from rpg_ext.kl_penalty import check_kl_penalty_name
+
+        check_kl_penalty_name(self.kl_penalty, f"{_ALGO_KEY}.kl_penalty")
         rpg = self.rpg
         if rpg.kl.divergence is not None:
             if self.policy_loss.startswith("rpg_"):

@@ -13,6 +13,7 @@ passing it selects the general formulas with rho = pi_ref / pi_old and log u = l
 from __future__ import annotations
 
 import contextlib
+import math
 from contextvars import ContextVar
 from typing import Any, Optional
 
@@ -48,6 +49,17 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def dual_clip(w: Tensor, adv: Tensor, p: rpg_config.RPGParams) -> tuple[Tensor, dict[str, Tensor]]:
+    """verl's PPO dual clip of ``-w * adv``: ``max(-w adv, -clip(w, 1-eps_low, 1+eps_high) adv)``, and
+    ``min(., -c adv)`` where ``adv < 0``; with the clipped-token flags (no gradient)."""
+    neg = adv < 0
+    pg = torch.maximum(-adv * w, -adv * torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high))
+    pg = torch.where(neg, torch.minimum(pg, -p.clip_c * adv), pg)
+    with torch.no_grad():
+        flags = dict(high=(adv > 0) & (w > 1 + p.eps_high), low=neg & (w < 1 - p.eps_low), dual=neg & (w > p.clip_c))
+    return pg, flags
+
+
 def rpg_token_loss(
     div: Divergence, log_prob, old_log_prob, advantages, p: rpg_config.RPGParams, ref_log_prob=None
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -56,20 +68,16 @@ def rpg_token_loss(
     w = torch.exp(log_w)
     A = advantages
     k = div.k(w, log_u, rho)
-    neg_A = -A
-    pg = neg_A * w  # unclipped reward surrogate, gradient -A * w * grad lp
-    clipped_high = clipped_low = clipped_dual = None
-    if p.clip == "dual":
-        # verl's vanilla dual clip: max(-w A, -clip(w, 1-eps_low, 1+eps_high) A), and min(., -c A) when A < 0
-        neg = A < 0
-        pg = torch.maximum(pg, neg_A * torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high))
-        pg = torch.where(neg, torch.minimum(pg, p.clip_c * neg_A), pg)
-        with torch.no_grad():
-            clipped_high = (A > 0) & (w > 1 + p.eps_high)
-            clipped_low = neg & (w < 1 - p.eps_low)
-            clipped_dual = neg & (w > p.clip_c)
-    loss = pg + p.beta * k  # L = dualclip(w, A) + beta * k: the KL part is never clipped
-    parts = dict(k=k.detach(), w=w.detach(), log_w=log_w.detach(), high=clipped_high, low=clipped_low, dual=clipped_dual)
+    flags = dict(high=None, low=None, dual=None)
+    if p.clip == "none":
+        loss = -w * A + p.beta * k  # L = -w A + beta * k
+    elif p.clip == "dual":
+        pg, flags = dual_clip(w, A, p)
+        loss = pg + p.beta * k  # L = dualclip(w, A) + beta * k: the KL part is never clipped (released code)
+    else:  # "alg1": Algorithm 1 as printed, the dual clip on A_hat = A + C / w (gradient through w and A_hat)
+        A_hat = A - p.beta * div.dk_dlp(w, log_u, rho) / w
+        loss, flags = dual_clip(w, A_hat, p)  # L = dualclip(w, A_hat): the KL part inside the clip
+    parts = dict(k=k.detach(), w=w.detach(), log_w=log_w.detach(), **flags)
     return loss, parts
 
 
@@ -87,7 +95,11 @@ def rpg_reinforce_token_loss(
         if p.clip == "none":
             w_eff = w
         elif p.clip == "truncate":
-            w_eff = torch.clamp(w, 1 - p.eps_low, 1 + p.eps_high)
+            # Remark F.2: w -> w_bar and log w -> log w_bar inside SG, in C too (log u -> log w_bar - log rho)
+            log_w_bar = torch.clamp(log_w, math.log(1 - p.eps_low), math.log(1 + p.eps_high))
+            w_eff = torch.exp(log_w_bar)
+            log_u_bar = log_w_bar if ref_log_prob is None else log_w_bar - torch.log(rho)
+            C = -p.beta * div.dk_dlp(w_eff, log_u_bar, rho)  # C(w_bar)
             high, low = w > 1 + p.eps_high, w < 1 - p.eps_low
         else:  # RPG-Style Clip: branch on the sign of A' = A + C / w, i.e. of w * A + C (w > 0)
             pos = w * A + C >= 0
@@ -135,11 +147,18 @@ def _masked_metrics(reinforce: bool, mask: Tensor, t: dict[str, Optional[Tensor]
     return dict(zip(v.keys(), floats, strict=True))
 
 
-def aggregate_loss(loss_mat: Tensor, mask: Tensor, loss_agg_mode: str, config: Any) -> Tensor:
+def aggregate_loss(
+    loss_mat: Tensor, mask: Tensor, loss_agg_mode: str, config: Any, rollout_is_weights: Tensor | None = None
+) -> Tensor:
     """verl's ``agg_loss`` with the config's global batch info (dp size, global token / sequence counts).
 
+    The one rule for verl's rollout correction: its weights ``rollout_is_weights`` (pi_old / pi_rollout, when
+    enabled) multiply every per-token term that estimates an expectation under pi_old, here, before aggregation:
+    the RPG losses and the KL regularizer (``rpg_ext.actor_loss``) both aggregate through this function.
     Without global info (a direct call on one micro-batch), an all-masked micro-batch gives 0, not 0/0.
     """
+    if rollout_is_weights is not None:
+        loss_mat = loss_mat * rollout_is_weights.to(loss_mat.dtype)
     info = dict(rpg_config._get(config, "global_batch_info", None) or {})
     if (info.get("dp_size") or 1) <= 1:
         if loss_agg_mode == "token-mean" and info.get("batch_num_tokens") is None:
@@ -172,9 +191,7 @@ def rpg_policy_loss(
     rlp = None if ref_log_prob is None else ref_log_prob.to(dtype)
     token_loss = rpg_reinforce_token_loss if reinforce else rpg_token_loss
     loss_mat, parts = token_loss(div, lp, olp, A, p, rlp)
-    if rollout_is_weights is not None:  # verl's rollout correction: pi_old / pi_rollout, on the whole token loss
-        loss_mat = loss_mat * rollout_is_weights.to(dtype)
-    loss = aggregate_loss(loss_mat, mask, loss_agg_mode, config)
+    loss = aggregate_loss(loss_mat, mask, loss_agg_mode, config, rollout_is_weights)
     return loss, _masked_metrics(reinforce, mask, parts)
 
 

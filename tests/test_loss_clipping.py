@@ -34,8 +34,33 @@ def spec_C(div, w, beta):
     return {"fkl": beta, "rkl": -beta * w * (d + 1), "ufkl": beta * (1 - w), "urkl": -beta * w * d}[div]
 
 
+def printed_a_hat(div, lp, olp, A, beta):
+    """The paper's regularized advantage A_hat (Section 3.3, Algorithm 1 line 12), a function of lp."""
+    d = lp - olp
+    return {"rkl": A - beta * (d + 1), "urkl": A - beta * d}[div]
+
+
+def reference_alg1(div, w, A, beta, lp_val):
+    """(value, d/dlp, branch) of Algorithm 1 as printed: the dual clip of -w * A_hat, gradient through w and A_hat."""
+    olp = lp_val - math.log(w)
+    lp = torch.tensor(lp_val, dtype=torch.float64, requires_grad=True)
+    wt = torch.exp(lp - olp)
+    a_hat = printed_a_hat(div, lp, olp, A, beta)
+    term1, term2 = -wt * a_hat, -torch.clamp(wt, 1 - EPS_LOW, 1 + EPS_HIGH) * a_hat
+    l_clip = torch.maximum(term1, term2)
+    value = l_clip if a_hat >= 0 else torch.minimum(l_clip, -C_DUAL * a_hat)
+    (g,) = torch.autograd.grad(value, lp)
+    if a_hat >= 0:
+        branch = "high" if (a_hat > 0 and w > 1 + EPS_HIGH) else "inside"
+    else:
+        branch = "low" if w < 1 - EPS_LOW else ("dual" if w > C_DUAL else "inside")
+    return value.item(), g.item(), branch
+
+
 def reference_rpg(div, w, A, beta, clip, lp_val):
-    """(value, d/dlp, branch) of rpg_<div>: dualclip(w, A) + beta * k, KL never clipped."""
+    """(value, d/dlp, branch) of rpg_<div>: dualclip(w, A) + beta * k, KL never clipped; or Algorithm 1."""
+    if clip == "alg1":
+        return reference_alg1(div, w, A, beta, lp_val)
     olp = lp_val - math.log(w)
     lp = torch.tensor(lp_val, dtype=torch.float64, requires_grad=True)
     k = spec_k(div, lp, olp)
@@ -60,8 +85,9 @@ def reference_reinforce(div, w, A, beta, clip, lp_val):
     ell = -lp_val
     if clip == "none":
         return -(w * A + C) * lp_val, -(w * A + C), "inside"
-    if clip == "truncate":
+    if clip == "truncate":  # Remark F.2: w and log w -> w_bar and log w_bar inside SG, in C too
         wc = min(max(w, 1 - EPS_LOW), 1 + EPS_HIGH)
+        C = spec_C(div, wc, beta)
         branch = "high" if w > 1 + EPS_HIGH else ("low" if w < 1 - EPS_LOW else "inside")
         return -(wc * A + C) * lp_val, -(wc * A + C), branch
     a_prime = A + C / w
@@ -88,7 +114,7 @@ def token_grid():
     return w, A, lp, olp
 
 
-CASES = [(f"rpg_{d}", c) for d in DIVERGENCES for c in ("dual", "none")] + [
+CASES = [(f"rpg_{d}", c) for d in DIVERGENCES for c in ("dual", "none")] + [(f"rpg_{d}", "alg1") for d in ("rkl", "urkl")] + [
     (f"rpg_reinforce_{d}", c) for d in DIVERGENCES for c in ("dual", "truncate", "none")
 ]
 
@@ -157,3 +183,46 @@ def test_reinforce_branches_on_effective_advantage_not_on_A():
     loss, metrics = call_loss("rpg_reinforce_urkl", lp, olp, torch.tensor([[A]]), torch.ones(1, 1, dtype=torch.bool), cfg)
     (g,) = torch.autograd.grad(loss, lp)
     assert g.item() == 0.0 and metrics["actor/rpg/clipfrac_dual"] == 1.0 and metrics["actor/rpg/clipfrac_high"] == 0.0
+
+
+def spec_C_general(div, w, rho, beta):
+    """Spec section 2 table, general column, with log u = log w - log rho."""
+    log_u = math.log(w) - math.log(rho)
+    return {"fkl": beta * rho, "rkl": -beta * w * (log_u + 1), "ufkl": beta * (rho - w), "urkl": -beta * w * log_u}[div]
+
+
+@pytest.mark.parametrize("div", DIVERGENCES)
+def test_truncate_with_a_reference_uses_the_clipped_weight_in_C(div):
+    # Remark F.2 with pi_ref != pi_old: C at w_bar, log u -> log w_bar - log rho (spec section 2)
+    beta = 0.3
+    w, A, lp0, olp = token_grid()
+    rho = torch.tensor([0.5, 0.8, 1.25, 2.0] * (len(w) // 4 + 1), dtype=torch.float64)[: len(w)]
+    rlp = olp + torch.log(rho)
+    cfg = loss_config(beta=beta, clip="truncate", eps_low=EPS_LOW, eps_high=EPS_HIGH, clip_c=C_DUAL)
+    lp = lp0.clone().unsqueeze(0).requires_grad_(True)
+    loss, _ = call_loss(f"rpg_reinforce_{div}", lp, olp.unsqueeze(0), A.unsqueeze(0), torch.ones_like(lp, dtype=torch.bool),
+                        cfg, agg="token-sum", ref_log_prob=rlp.unsqueeze(0))
+    (grad,) = torch.autograd.grad(loss, lp)
+    expected = []
+    for i in range(len(w)):
+        wc = min(max(w[i].item(), 1 - EPS_LOW), 1 + EPS_HIGH)
+        expected.append(-(wc * A[i].item() + spec_C_general(div, wc, rho[i].item(), beta)))
+    torch.testing.assert_close(grad[0], torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    if div != "fkl":  # C(w) and C(w_bar) differ on the clipped tokens: the test sees the difference
+        at_w = [-(min(max(w[i].item(), 1 - EPS_LOW), 1 + EPS_HIGH) * A[i].item()
+                  + spec_C_general(div, w[i].item(), rho[i].item(), beta)) for i in range(len(w))]
+        assert (grad[0] - torch.tensor(at_w, dtype=torch.float64)).abs().max() > 1e-3
+
+
+def test_alg1_and_dual_differ_in_clip_decisions_only_at_large_beta():
+    # the two forms of Algorithm 1 branch on A (released code) and on A_hat (as printed): same decisions at the
+    # paper's beta, different ones when the KL part of A_hat is comparable to A
+    w, A, lp0, olp = token_grid()
+    decisions = {}
+    for beta in (1e-4, 0.3):
+        for clip in ("dual", "alg1"):
+            decisions[beta, clip] = [reference_rpg("rkl", w[i].item(), A[i].item(), beta, clip, lp0[i].item())[2]
+                                     for i in range(len(w))]
+    assert decisions[1e-4, "dual"] == decisions[1e-4, "alg1"]
+    differ = sum(a != b for a, b in zip(decisions[0.3, "dual"], decisions[0.3, "alg1"], strict=True))
+    assert differ >= 3

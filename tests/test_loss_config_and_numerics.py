@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from verl.utils.config import omega_conf_to_dataclass
 
 from rpg_ext import RPG_LOSS_NAMES, RPG_LOSSES, RPG_REINFORCE_LOSSES
-from rpg_ext.config import RPGConfig, RPGPolicyLossConfig
+from rpg_ext.config import ALG1_LOSSES, RPGConfig, RPGPolicyLossConfig
 from tests.rpg_helpers import call_loss, loss_config
 
 
@@ -69,6 +69,18 @@ def test_truncate_is_rejected_for_fully_differentiable_losses(name):
     lp, olp, adv, mask = tiny_batch()
     with pytest.raises(ValueError, match=r"policy_loss\.rpg\.clip='truncate'.*rpg_reinforce_"):
         call_loss(name, lp, olp, adv, mask, loss_config(clip="truncate"))
+
+
+@pytest.mark.parametrize("name", [n for n in RPG_LOSS_NAMES if n not in ("rpg_rkl", "rpg_urkl")])
+def test_alg1_is_refused_where_it_would_drop_the_kl(name):
+    # Algorithm 1 as printed on a forward divergence trains with no KL gradient (test_loss_exactness shows it);
+    # on the REINFORCE family it is not defined
+    lp, olp, adv, mask = tiny_batch()
+    reason = "Algorithm 2" if name.startswith("rpg_reinforce_") else "no KL at all"
+    with pytest.raises(ValueError, match=rf"policy_loss\.rpg\.clip='alg1'.*{name}.*{reason}"):
+        call_loss(name, lp, olp, adv, mask, loss_config(clip="alg1"))
+    with pytest.raises(ValueError, match="alg1"):
+        RPGPolicyLossConfig(loss_mode=name, rpg=RPGConfig(clip="alg1"))
 
 
 @pytest.mark.parametrize("name", RPG_LOSS_NAMES)
@@ -157,6 +169,7 @@ def assert_finite(name, lp0, olp, adv, mask, cfg, agg="token-mean", **kw):
 
 
 NAME_CLIP = [(n, c) for n in RPG_LOSS_NAMES for c in ("dual", "none", "truncate") if c != "truncate" or n in RPG_REINFORCE_LOSSES]
+NAME_CLIP += [(n, "alg1") for n in ALG1_LOSSES]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -226,14 +239,14 @@ finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinit
 @settings(max_examples=150, deadline=None)
 @given(
     name=st.sampled_from(RPG_LOSS_NAMES),
-    clip=st.sampled_from(["dual", "none", "truncate"]),
+    clip=st.sampled_from(["dual", "none", "truncate", "alg1"]),
     beta=st.floats(min_value=0.0, max_value=100.0),
     values=st.lists(st.tuples(finite, finite, finite, finite, st.booleans()), min_size=1, max_size=8),
     bf16=st.booleans(),
     with_ref=st.booleans(),
 )
 def test_property_finite_for_any_finite_input(name, clip, beta, values, bf16, with_ref):
-    if clip == "truncate" and name not in RPG_REINFORCE_LOSSES:
+    if (clip == "truncate" and name not in RPG_REINFORCE_LOSSES) or (clip == "alg1" and name not in ALG1_LOSSES):
         clip = "none"
     dtype = torch.bfloat16 if bf16 else torch.float32
     lp, olp, adv, rlp, mask = (torch.tensor([list(col)], dtype=dtype) for col in zip(*values, strict=True))

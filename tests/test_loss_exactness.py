@@ -45,9 +45,9 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp(min=1e-300)).item()
 
 
-def check_exact(name, theta0, adv, beta, clip, normalized, log_pi_ref=None):
+def check_exact(name, theta0, adv, beta, clip, normalized, log_pi_ref=None, **clip_ratios):
     div = name.rsplit("_", 1)[1]
-    cfg = loss_config(beta=beta, clip=clip)
+    cfg = loss_config(beta=beta, clip=clip, **clip_ratios)
 
     # surrogate through verl's registry
     theta = theta0.clone().requires_grad_(True)
@@ -132,6 +132,43 @@ def test_reference_equal_to_old_matches_default(name, gen):
     torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-15)
     assert m1 == pytest.approx(m2, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", ["rpg_rkl", "rpg_urkl"])
+@pytest.mark.parametrize("with_ref", [False, True], ids=["ref=old", "ref!=old"])
+def test_algorithm_1_as_printed_is_exact_inside_its_clip(name, with_ref, gen):
+    # clip=alg1: -w * A_hat with A_hat = A + C/w differentiable; its extra per-token beta * w term has pi_old-mean
+    # beta * grad sum(pi_theta) = 0 for a token distribution (not for an unnormalized measure), so the expected
+    # gradient is still -grad J (clip range wide enough to hold every token)
+    theta0 = LOG_PI_OLD + 0.6 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    log_pi_ref = torch.log_softmax(LOG_PI_OLD + 0.5 * torch.randn(len(COUNTS), generator=gen, dtype=F64), -1) if with_ref else None
+    metrics = check_exact(name, theta0, adv, beta=0.7, clip="alg1", normalized=True, log_pi_ref=log_pi_ref,
+                          eps_low=0.99, eps_high=100.0, clip_c=1e6)
+    assert metrics["actor/rpg/clipfrac_high"] == metrics["actor/rpg/clipfrac_low"] == metrics["actor/rpg/clipfrac_dual"] == 0
+
+
+def test_algorithm_1_as_printed_drops_a_forward_kl(gen):
+    # why clip=alg1 is refused for rpg_fkl / rpg_ufkl: with A_hat = A + C/w differentiable, the loss -w * A_hat
+    # has the KL-free gradient of E_theta[A] (computed here by hand from the printed formula, not by rpg_ext)
+    theta0 = LOG_PI_OLD + 0.6 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    beta = 0.7
+    for div in ("fkl", "ufkl"):
+        theta = theta0.clone().requires_grad_(True)
+        lp = torch.log_softmax(theta, -1)[TOKENS]
+        w = torch.exp(lp - LOG_PI_OLD[TOKENS])
+        C = beta * torch.ones_like(w) if div == "fkl" else beta * (1 - w)  # spec section 2, ref = old
+        a_hat = adv[TOKENS] + C / w
+        (g,) = torch.autograd.grad((-w * a_hat).mean(), theta)
+        t = theta0.clone().requires_grad_(True)
+        p = torch.softmax(t, -1)
+        (g_reward,) = torch.autograd.grad((p * adv).sum(), t)
+        t2 = theta0.clone().requires_grad_(True)
+        p2 = torch.softmax(t2, -1)
+        (g_J,) = torch.autograd.grad((p2 * adv).sum() - beta * exact_divergence(div, p2, LOG_PI_OLD.exp()), t2)
+        assert rel_err(g, -g_reward) < 1e-9
+        assert rel_err(g, -g_J) > 0.05
 
 
 def test_the_enumeration_detects_a_wrong_divergence(gen):
