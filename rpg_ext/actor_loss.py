@@ -72,9 +72,11 @@ def rpg_actor_loss(config, model_output, data, dp_group=None, *, settings: Actor
         # beta * k with the three log-probs: theta (differentiable), old (sampling), ref (None: ref = old)
         log_prob = no_padding_2_padding(model_output["log_probs"], data)
         response_mask, old_log_prob = _padded(data, "response_mask", "old_log_probs")
+        (weights,) = _padded(data, "rollout_is_weights") if "rollout_is_weights" in data.keys() else (None,)
         mask = response_mask.bool()
         k = rpg_kl_term(settings.kl_divergence, log_prob, ref, old_log_prob)
-        kl_loss = aggregate_loss(k, mask, config.loss_agg_mode, config)  # as the policy loss: verl's agg_loss
+        # aggregated as the policy loss, with verl's rollout-correction weights when enabled (one rule, one place)
+        kl_loss = aggregate_loss(k, mask, config.loss_agg_mode, config, weights)
         loss = loss + settings.kl_beta * kl_loss
         with torch.no_grad():
             kl_mean = torch.where(mask, k, 0.0).sum() / mask.sum().clamp(min=1)

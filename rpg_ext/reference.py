@@ -94,31 +94,65 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _weights(modules: Iterable[torch.nn.Module]) -> dict[tuple[int, str], torch.Tensor]:
+    """Parameters and floating buffers keyed by (model chunk, name): Megatron's virtual pipeline stages are chunks
+    whose local parameter names repeat, so a name alone would address chunk 0 only."""
+    out = {}
+    for chunk, m in enumerate(modules):
+        for name, t in list(m.named_parameters()) + [(n, b) for n, b in m.named_buffers() if b.is_floating_point()]:
+            out.setdefault((chunk, _strip(name)), t)
+    return out
+
+
+def _describe(keys) -> list[str]:
+    return [f"chunk {c}: {n}" for c, n in sorted(keys)[:5]]
+
+
 @torch.no_grad()
 def copy_module_weights(source: Iterable[torch.nn.Module], target: Iterable[torch.nn.Module]) -> int:
     """Copy every parameter (and floating buffer) of ``source`` into ``target``, shard by shard; returns the count.
 
-    Both must hold the same architecture with the same sharding (the actor and the reference model of one worker).
-    Raises with the first mismatching name or shape instead of copying anything partially mismatched.
+    ``source`` and ``target`` are the model chunks of the actor and of the reference model of one worker (one
+    module for FSDP, one per virtual pipeline stage for Megatron), with the same architecture and sharding; chunk i
+    is copied into chunk i. Raises with the first mismatching name or shape instead of copying anything partially.
     """
-    def tensors(modules):
-        out = {}
-        for m in modules:
-            for name, t in list(m.named_parameters()) + [(n, b) for n, b in m.named_buffers() if b.is_floating_point()]:
-                out.setdefault(_strip(name), t)
-        return out
-
-    src, dst = tensors(source), tensors(target)
+    src, dst = _weights(source), _weights(target)
     if src.keys() != dst.keys():
-        only_src, only_dst = sorted(src.keys() - dst.keys())[:5], sorted(dst.keys() - src.keys())[:5]
-        raise RuntimeError(f"actor and reference models differ: only in actor {only_src}, only in reference {only_dst}")
-    for name, d in dst.items():
-        s_local, d_local = _local(src[name]), _local(d)
+        raise RuntimeError(f"actor and reference models differ: only in actor {_describe(src.keys() - dst.keys())}, "
+                           f"only in reference {_describe(dst.keys() - src.keys())}")
+    for key, d in dst.items():
+        s_local, d_local = _local(src[key]), _local(d)
         if s_local.shape != d_local.shape:
             raise RuntimeError(
-                f"cannot refresh the reference in place: {name} has local shape {tuple(s_local.shape)} in the actor and "
-                f"{tuple(d_local.shape)} in the reference (different sharding)"
+                f"cannot refresh the reference in place: chunk {key[0]} {key[1]} has local shape "
+                f"{tuple(s_local.shape)} in the actor and {tuple(d_local.shape)} in the reference (different sharding)"
             )
-    for name, d in dst.items():
-        _local(d).copy_(_local(src[name]))
+    for key, d in dst.items():
+        _local(d).copy_(_local(src[key]))
     return len(dst)
+
+
+def shard_state(modules: Iterable[torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """This rank's local shards of every chunk's state dict, on the CPU, keyed ``"<chunk>/<name>"``."""
+    out = {}
+    for chunk, m in enumerate(modules):
+        for name, t in m.state_dict().items():
+            if isinstance(t, torch.Tensor):
+                out[f"{chunk}/{name}"] = _local(t).detach().cpu()
+    return out
+
+
+@torch.no_grad()
+def load_shard_state(modules: Iterable[torch.nn.Module], state: dict[str, torch.Tensor]) -> int:
+    """Inverse of :func:`shard_state`: every chunk's tensors from ``state``; a missing or extra key is an error."""
+    targets = {}
+    for chunk, m in enumerate(modules):
+        for name, t in m.state_dict().items():
+            if isinstance(t, torch.Tensor):
+                targets[f"{chunk}/{name}"] = t
+    if targets.keys() != state.keys():
+        missing, extra = sorted(targets.keys() - state.keys())[:5], sorted(state.keys() - targets.keys())[:5]
+        raise RuntimeError(f"saved reference weights do not match the model: missing {missing}, unexpected {extra}")
+    for key, t in targets.items():
+        _local(t).copy_(state[key])
+    return len(targets)

@@ -21,7 +21,8 @@ Usage:
         second run from the first one's step-K checkpoint (as an interrupted run would) and checks that it refreshes
         at the same steps and that its first step's reference holds the restored weights.
 
-On a GPU host, ``BACKEND=megatron`` checks the Megatron weight copy (``BACKEND=fsdp`` the FSDP one); without a GPU the
+On a GPU host, ``BACKEND=megatron`` checks the Megatron weight copy (``BACKEND=fsdp`` the FSDP one), and with
+``--virtual-pipeline 2`` the copy of every virtual-pipeline model chunk; without a GPU the
 launcher runs verl's trainer on the CPU (FSDP2), which is what the test suite does. Exit 0 when every check passes,
 1 when one fails (each failure is printed), 2 on a usage or launch error.
 """
@@ -114,8 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--equal-tol", type=float, default=1e-4,
                    help="largest mean |ref_log_prob - old_log_prob| that counts as equal (default 1e-4; bf16 "
                         "engines may need 1e-3)")
+    p.add_argument("--virtual-pipeline", type=int, default=None, metavar="V",
+                   help="with --launch and BACKEND=megatron: pipeline parallel 2 with V virtual stages per rank for the "
+                        "actor and the reference (model chunks with equal local names: the chunk-aware refresh, save "
+                        "and restore); needs >= 2 GPUs and a model with a multiple of 2 * V layers")
     p.add_argument("overrides", nargs="*", help="with --launch: Hydra overrides for the launcher")
     args = p.parse_args(argv)
+    if args.virtual_pipeline is not None:
+        if os.environ.get("BACKEND") != "megatron" or args.virtual_pipeline < 2:
+            p.error("--virtual-pipeline V needs BACKEND=megatron and V >= 2")
+        args.overrides = [f"actor_rollout_ref.{role}.megatron.{key}={value}" for role in ("actor", "ref")
+                          for key, value in (("pipeline_model_parallel_size", 2),
+                                             ("virtual_pipeline_model_parallel_size", args.virtual_pipeline))
+                          ] + args.overrides
     if bool(args.log) == args.launch or args.every < 1:
         p.error("give exactly one of --log PATH or --launch, and --every >= 1")
     try:

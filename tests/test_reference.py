@@ -11,7 +11,7 @@ import torch
 from rpg_ext import RPG_LOSS_NAMES
 from rpg_ext.actor_loss import ActorLossSettings, rpg_actor_loss
 from rpg_ext.config import RPGAlgoConfig, RPGAlgorithmConfig, RPGKLConfig
-from rpg_ext.reference import ReferenceSchedule, copy_module_weights
+from rpg_ext.reference import ReferenceSchedule, copy_module_weights, load_shard_state, shard_state
 from tests.test_loss_exactness import COUNTS, F64, LOG_PI_OLD, TOKENS, exact_divergence, policy, rel_err
 from tests.test_loss_verl_integration import actor_config, ppo_loss_batch
 
@@ -122,6 +122,41 @@ def test_regularizer_on_vanilla_is_exact(div, with_ref, normalized, gen):
     assert rel_err(g, -g_J) < 1e-6
     p = policy(theta0, normalized).exp()
     assert metrics["actor/rpg/kl"].aggregate() == pytest.approx(exact_divergence(div, p, ref.exp()).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("div", ["fkl", "rkl", "ufkl", "urkl"])
+def test_rollout_correction_weights_the_regularizer_and_the_rpg_loss_alike(div, gen):
+    # verl's rollout correction: tokens are sampled by pi_rollout (the enumeration's counts), pi_old is another
+    # policy, rollout_is_weights = pi_old / pi_rollout. Every per-token term estimating an expectation under
+    # pi_old must carry the weight: then the regularizer's gradient is beta * grad D and the RPG loss's -grad J.
+    log_pi_rollout = LOG_PI_OLD  # the batch: every token as often as pi_rollout says
+    log_pi_old = torch.log_softmax(LOG_PI_OLD + 0.7 * torch.randn(len(COUNTS), generator=gen, dtype=F64), -1)
+    theta0 = log_pi_old + 0.4 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    adv = torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    weights = (log_pi_old - log_pi_rollout).exp()[TOKENS].unsqueeze(-1)
+    beta = 0.8
+    cases = {
+        "regularizer": ("vanilla", torch.zeros_like(adv), ActorLossSettings(kl_divergence=div, kl_beta=beta), False),
+        "rpg loss": (f"rpg_{div}", adv, ActorLossSettings(), True),
+    }
+    for what, (loss_mode, a, settings, reward) in cases.items():
+        theta = theta0.clone().requires_grad_(True)
+        log_probs, td = worker_batch(theta, True, None, a)
+        td["old_log_probs"] = log_pi_old[TOKENS].unsqueeze(-1)
+        td["rollout_is_weights"] = weights
+        loss, _ = rpg_actor_loss(actor_config(loss_mode, "token-mean", beta=beta, clip="none"),
+                                 {"log_probs": log_probs}, td, settings=settings)
+        (g,) = torch.autograd.grad(loss, theta)
+        g_J = closed_form_grad(theta0, True, div, beta, a, log_pi_old, reward=reward)
+        assert rel_err(g, -g_J) < 1e-6, what
+        # negative control: the same batch without the weights is off
+        del td["rollout_is_weights"]
+        theta2 = theta0.clone().requires_grad_(True)
+        log_probs2, _ = worker_batch(theta2, True, None, a)
+        loss2, _ = rpg_actor_loss(actor_config(loss_mode, "token-mean", beta=beta, clip="none"),
+                                  {"log_probs": log_probs2}, td, settings=settings)
+        (g2,) = torch.autograd.grad(loss2, theta2)
+        assert rel_err(g2, -g_J) > 0.05, what
 
 
 def test_regularizer_refuses_verls_kl_loss():
@@ -240,3 +275,32 @@ def test_copy_module_weights_plain_modules():
         assert torch.equal(a, r) and a.data_ptr() != r.data_ptr()
     with pytest.raises(RuntimeError, match="differ"):
         copy_module_weights([actor], [torch.nn.Linear(4, 3)])
+
+
+def two_chunks(seed):
+    """Stand-ins for Megatron's virtual pipeline stages: two model chunks whose local parameter names are equal."""
+    torch.manual_seed(seed)
+    return [torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)) for _ in range(2)]
+
+
+def test_refresh_copies_every_chunk_of_a_virtual_pipeline():
+    actor, ref = two_chunks(0), two_chunks(1)
+    assert [n for n, _ in actor[0].named_parameters()] == [n for n, _ in actor[1].named_parameters()]
+    assert copy_module_weights(actor, ref) == 8
+    for a_chunk, r_chunk in zip(actor, ref, strict=True):
+        for a, r in zip(a_chunk.parameters(), r_chunk.parameters(), strict=True):
+            assert torch.equal(a, r)
+    with pytest.raises(RuntimeError, match="chunk 1"):
+        copy_module_weights(actor, ref[:1])
+
+
+def test_saved_reference_restores_every_chunk():
+    ref, restored = two_chunks(2), two_chunks(3)
+    state = shard_state(ref)
+    assert len(state) == 8 and {k.split("/")[0] for k in state} == {"0", "1"}
+    assert load_shard_state(restored, state) == 8
+    for a_chunk, r_chunk in zip(ref, restored, strict=True):
+        for a, r in zip(a_chunk.state_dict().values(), r_chunk.state_dict().values(), strict=True):
+            assert torch.equal(a, r)
+    with pytest.raises(RuntimeError, match="missing"):
+        load_shard_state(two_chunks(4), {k: v for k, v in state.items() if not k.startswith("1/")})

@@ -37,7 +37,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from rpg_ext.actor_loss import ActorLossSettings, rpg_actor_loss
 from rpg_ext.config import RPGAlgorithmConfig
-from rpg_ext.reference import KL_METRIC, ReferenceSchedule, copy_module_weights
+from rpg_ext.reference import KL_METRIC, ReferenceSchedule, copy_module_weights, load_shard_state, shard_state
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +47,6 @@ REFERENCE_DIR = "rpg_reference"  # inside global_step_N/: schedule.json and, onc
 def _modules(engine) -> list[torch.nn.Module]:
     module = engine.module  # FSDP engine: one module; Megatron engine: a list of model chunks
     return list(module) if isinstance(module, list | tuple) else [module]
-
-
-def _shard_state(modules) -> dict[str, torch.Tensor]:
-    out = {}
-    for m in modules:
-        for name, t in m.state_dict().items():
-            if isinstance(t, torch.Tensor):
-                out[name] = (t.to_local() if hasattr(t, "to_local") else t).detach().cpu()
-    return out
 
 
 class RPGActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -71,7 +62,7 @@ class RPGActorRolloutRefWorker(ActorRolloutRefWorker):
         """This rank's reference shards to ``directory/rank_<r>.pt`` (resume needs the same world size)."""
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         os.makedirs(directory, exist_ok=True)
-        state = {"world_size": world, "tensors": _shard_state(_modules(self.ref.engine))}
+        state = {"world_size": world, "tensors": shard_state(_modules(self.ref.engine))}
         tmp = os.path.join(directory, f".rank_{rank}.pt.tmp")
         torch.save(state, tmp)
         os.replace(tmp, os.path.join(directory, f"rank_{rank}.pt"))
@@ -87,11 +78,7 @@ class RPGActorRolloutRefWorker(ActorRolloutRefWorker):
             raise RuntimeError(
                 f"reference weights in {directory} were saved by {state['world_size']} ranks, resuming with {world}"
             )
-        with torch.no_grad():
-            for m in _modules(self.ref.engine):
-                for name, t in m.state_dict().items():
-                    if name in state["tensors"]:
-                        (t.to_local() if hasattr(t, "to_local") else t).copy_(state["tensors"][name])
+        load_shard_state(_modules(self.ref.engine), state["tensors"])
 
 
 class RPGTrainer(PPOTrainerSync):
