@@ -32,6 +32,34 @@ verl_kl_penalty_forward = getattr(core_algos.kl_penalty_forward, "verl_original"
 _NOT_INSTALLED_REASON: str | None = None
 
 
+def check_kl_penalty_name(name, key: str) -> None:
+    """Refuse ``rpg_<div>+``: verl's ``+`` suffix keeps a penalty's value but takes k2's gradient, which is the
+    reverse KL's; on ``rpg_fkl`` / ``rpg_ufkl`` that optimizes another divergence than the name says, and every
+    rpg_* estimator already has its divergence's gradient. Called wherever a config names a KL penalty."""
+    if isinstance(name, str) and name.endswith("+") and name[:-1] in RPG_KL_ESTIMATORS:
+        raise ValueError(
+            f"{key}={name!r} is refused: verl's '+' suffix replaces the estimator's gradient by k2's (the reverse "
+            f"KL's gradient), so {name} would no longer follow its own divergence ({name[:-1]}'s gradient is "
+            f"already that divergence's). Use {key}={name[:-1]}"
+        )
+
+
+#: What the gradient of ``algorithm.kl_penalty=<name>`` (KL in the reward) is: the penalty's value is an unbiased
+#: estimate of the divergence, but as a reward penalty the policy gradient it induces is beta * grad D only for
+#: the reverse KL (the reward-penalty form of RPG is the reverse-KL objective).
+KL_IN_REWARD_EXACT = ("rpg_rkl",)
+
+
+def kl_in_reward_note(name: str) -> str | None:
+    """A note for the dry run when ``use_kl_in_reward`` uses an rpg_* penalty whose induced gradient is not beta*grad D."""
+    if name in RPG_KL_ESTIMATORS and name not in KL_IN_REWARD_EXACT:
+        return (f"algorithm.kl_penalty={name} in the reward: its value estimates the divergence without bias, but the "
+                "policy gradient of a reward penalty is beta * grad D only for rpg_rkl (reverse KL); for "
+                f"{name} it is not. For {name[4:]}'s exact gradient use the RPG loss rpg_{name[4:]} or "
+                f"algorithm.rpg.kl.divergence={name[4:]}")
+    return None
+
+
 def kl_penalty_forward(logprob, ref_logprob, kl_penalty):
     """verl's ``kl_penalty_forward`` plus the RPG names (``rpg_fkl``, ``rpg_rkl``, ``rpg_ufkl``, ``rpg_urkl``)."""
     if kl_penalty in RPG_KL_ESTIMATORS:

@@ -166,3 +166,40 @@ def test_plugin_installs_the_dispatch_in_a_fresh_process():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "rpg_ext.kl_penalty"
+
+
+@pytest.mark.parametrize("name", RPG_NAMES)
+def test_plus_suffix_is_refused_because_it_swaps_the_gradient_for_the_reverse_kls(name):
+    # why: verl's '+' keeps the value of rpg_fkl but takes k2's gradient, the reverse KL's (shown on the enumeration)
+    log_p = torch.log(COUNTS.double() / COUNTS.sum())
+    log_ref = torch.log_softmax(log_p + torch.linspace(-0.7, 0.9, len(COUNTS), dtype=torch.float64), -1)
+    theta = log_p.clone().requires_grad_(True)
+    k = core_algos.kl_penalty(torch.log_softmax(theta, -1)[TOKENS], log_ref[TOKENS], "rpg_fkl+")
+    (g,) = torch.autograd.grad(k.mean(), theta)
+    t = log_p.clone().requires_grad_(True)
+    (g_fkl,) = torch.autograd.grad(exact_divergence("fkl", torch.softmax(t, -1), log_ref.exp()), t)
+    assert rel_err(g, g_fkl) > 0.1
+    # refused where a config names a KL penalty: the typed algorithm block and the recipe's pre-flight check
+    from rpg_ext.config import RPGAlgoConfig
+
+    with pytest.raises(ValueError, match=rf"algorithm\.kl_penalty='{name}\+'.*reverse"):
+        RPGAlgoConfig(kl_penalty=name + "+")
+    kp.check_kl_penalty_name(name, "x")  # without '+': fine
+    kp.check_kl_penalty_name("k3+", "x")  # verl's own names keep their '+'
+
+
+@pytest.mark.parametrize("name", RPG_NAMES)
+def test_kl_in_reward_gradient_is_the_divergence_gradient_only_for_rpg_rkl(name):
+    # a reward penalty r = -beta * k (no gradient through k) induces the policy gradient E_theta[-beta k grad log pi];
+    # on the enumeration (on-policy samples) it equals -beta * grad D for rpg_rkl only
+    log_p = torch.log(COUNTS.double() / COUNTS.sum())
+    log_ref = torch.log_softmax(log_p + torch.linspace(-0.7, 0.9, len(COUNTS), dtype=torch.float64), -1)
+    theta = log_p.clone().requires_grad_(True)
+    lp = torch.log_softmax(theta, -1)[TOKENS]
+    k = core_algos.kl_penalty(lp.detach(), log_ref[TOKENS], name)
+    (g,) = torch.autograd.grad((k * lp).mean(), theta)  # REINFORCE with reward k
+    t = log_p.clone().requires_grad_(True)
+    (gD,) = torch.autograd.grad(exact_divergence(name[4:], torch.softmax(t, -1), log_ref.exp()), t)
+    exact = rel_err(g, gD) < 1e-9
+    assert exact == (name == "rpg_rkl"), rel_err(g, gD)
+    assert (kp.kl_in_reward_note(name) is None) == exact

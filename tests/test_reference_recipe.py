@@ -76,3 +76,16 @@ def test_launcher_rejects_bad_variables():
                          ({"REFERENCE_EVERY": "0"}, "REFERENCE_EVERY")):
         with pytest.raises(launch.LaunchError, match=message):
             launch.build_launch({"METHOD": "dapo", **env}, [])
+
+
+def test_named_kl_penalties_plus_refused_and_reward_note():
+    # rpg_<div>+ swaps the divergence's gradient for the reverse KL's (tests/test_kl_penalty.py): refused before Ray
+    with pytest.raises(ConfigError, match=r"actor_rollout_ref\.actor\.kl_loss_type='rpg_ufkl\+'.*reverse"):
+        dry_run({"METHOD": "grpo"}, ["actor_rollout_ref.actor.kl_loss_type=rpg_ufkl+"])
+    with pytest.raises(ConfigError, match=r"algorithm\.kl_penalty='rpg_fkl\+'"):
+        dry_run({"METHOD": "reinforce_pp"}, ["algorithm.kl_penalty=rpg_fkl+"])
+    # KL in the reward with an rpg_* name other than rpg_rkl: the dry run says its gradient is not beta * grad D
+    spec, cfg, checked = dry_run({"METHOD": "reinforce_pp"}, ["algorithm.kl_penalty=rpg_urkl"])
+    assert "only for rpg_rkl" in summary_lines(spec, cfg, checked)["note"]
+    spec, cfg, checked = dry_run({"METHOD": "reinforce_pp"}, ["algorithm.kl_penalty=rpg_rkl"])
+    assert "note" not in summary_lines(spec, cfg, checked)

@@ -229,6 +229,7 @@ def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
     from verl.utils.config import validate_config
 
     from rpg_ext.config import resolve_params
+    from rpg_ext.kl_penalty import check_kl_penalty_name
 
     _resolve(cfg)
     if not cfg.trainer.get("use_v1", False):
@@ -243,6 +244,10 @@ def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
 
     loss = algorithm.policy_loss
     rpg = algorithm.rpg
+    try:
+        check_kl_penalty_name(actor.kl_loss_type, f"{ACTOR}.kl_loss_type")
+    except ValueError as e:
+        _fail(str(e))
     verl_uses_reference = bool(need_reference_policy(cfg))  # verl's KL loss / KL in reward
     uses_reference = verl_uses_reference or rpg.uses_reference_model
     if loss.startswith("rpg_"):

@@ -348,6 +348,11 @@ def summary(launch: Launch, cfg, checked) -> list[str]:
         f"  run dir       {launch.run_dir} (log {os.path.relpath(launch.log_file, launch.run_dir)}, "
         f"loggers {list(t.logger)})",
     ]
+    from rpg_ext.kl_penalty import kl_in_reward_note
+
+    note = kl_in_reward_note(a.kl_penalty) if a.use_kl_in_reward else None
+    if note:
+        lines.append(f"  note          {note}")
     lines += [f"  not checked   {item}" for item in checked.not_checked]
     return lines
 
