@@ -10,9 +10,9 @@ writes into ``--out`` (default: ``data/`` in the repository, which git ignores):
   unique problem (the released files repeat each problem 32 times; evaluate with
   ``actor_rollout_ref.rollout.val_kwargs.n=32`` for the paper's Mean@32);
 * ``dapo-math-17k-eng.parquet`` from DAPO-Math-17k (``--train-from`` a local parquet/JSON/JSONL copy, either
-  the original with its duplicated rows or an English-filtered copy; without ``--train-from`` it is
-  downloaded with HF ``datasets`` from ``--train-hub``): exact duplicate problems removed (first kept) and
-  non-English problems removed (rule: ``is_english``);
+  the original with its duplicated rows or an English-filtered copy; or ``--train-hub [NAME]``, downloaded with
+  HF ``datasets``; with neither it is not built): exact duplicate problems removed (first kept) and non-English
+  problems removed (rule: ``is_english``);
 * with ``--extra minerva,olympiadbench``: ``minerva.parquet``, ``olympiadbench.parquet`` (appendix
   benchmarks) from ``--extra-from DIR`` (files ``minerva.{parquet,jsonl,json}`` ...) or from the hub.
 
@@ -25,9 +25,11 @@ can concatenate them (``data.val_files=[...]``).
 Input rows are either verl RL rows (``prompt`` list of one user message, with or without the template,
 ``reward_model.ground_truth``, optional ``extra_info.raw_problem``) or flat rows (``problem``/``question`` and
 ``answer``/``ground_truth``/``final_answer``). A malformed row stops the script with the file and row number
-(0-based) unless ``--skip-bad-rows``, which drops it and counts it by reason. All inputs are read and checked
-before anything is written; each output is written to a temporary file and renamed into place (no partial
-file after an interrupt), and the same inputs give byte-identical files.
+(0-based) unless ``--skip-bad-rows``, which drops it and counts it by reason. The hub is reached only for what
+was asked for and not given locally. All local inputs are read and checked before anything is written; hub
+sets follow one at a time, so a failed download keeps the files already written. Each output is written to a
+temporary file and renamed into place (no partial file after an interrupt), and the same inputs give
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -452,9 +454,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-eval", action="store_true", help="do not build the evaluation files")
     p.add_argument("--train-from", type=Path, help="local DAPO-Math-17k copy (.parquet/.jsonl/.json)")
-    p.add_argument("--train-hub", help=f"hub dataset used without --train-from (default {DEFAULT_TRAIN_HUB})")
-    p.add_argument("--skip-train", action="store_true", help="do not build the training file")
-    p.add_argument("--extra", default="", help=f"comma-separated appendix sets: {','.join(EXTRA_SETS)}")
+    p.add_argument("--train-hub", nargs="?", const=DEFAULT_TRAIN_HUB, default=None, metavar="NAME",
+                   help=f"download the training set from the hub instead (NAME defaults to {DEFAULT_TRAIN_HUB}); "
+                        "without --train-from or --train-hub the training file is not built")
+    p.add_argument("--skip-train", action="store_true", help="do not build the training file (the default "
+                                                                 "without --train-from / --train-hub)")
+    p.add_argument("--extra", default="", help=f"comma-separated appendix sets: {','.join(EXTRA_SETS)} (from "
+                                               "--extra-from, else downloaded)")
     p.add_argument("--extra-from", type=Path, help="directory with <name>.parquet/.jsonl/.json for --extra")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed rows (counted) instead of failing")
     args = p.parse_args(argv)
@@ -470,7 +476,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--skip-train contradicts --train-from / --train-hub")
     if args.train_from is not None and args.train_hub is not None:
         p.error("give either --train-from (local copy) or --train-hub (download), not both")
-    args.train_hub = args.train_hub or DEFAULT_TRAIN_HUB
     if not args.skip_eval and args.eval_from is None:
         p.error(
             "the evaluation files are built from the paper's released files: pass --eval-from DIR "
@@ -481,28 +486,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Local inputs first: all of them read and checked before anything is written. The hub is reached only for
+    # what was asked for and not given locally (--train-hub, --extra without --extra-from), one set at a time after
+    # the local files are written, so a failed download never loses them.
+    local, remote = [], []
+    if not args.skip_eval:
+        local.append(lambda: build_eval(args.eval_from, args.skip_bad_rows))
+    if args.train_from is not None:
+        local.append(lambda: [build_train(args.train_from, None, args.skip_bad_rows)])
+    elif args.train_hub is not None:
+        remote.append(lambda: [build_train(None, args.train_hub, args.skip_bad_rows)])
+    for name in args.extra:
+        (local if args.extra_from is not None else remote).append(
+            lambda name=name: [build_extra(name, args.extra_from, args.skip_bad_rows)])
+    written: list[Path] = []
     try:
-        built: list[Built] = []
-        if not args.skip_eval:
-            built += build_eval(args.eval_from, args.skip_bad_rows)
-        if not args.skip_train:
-            built.append(build_train(args.train_from, args.train_hub, args.skip_bad_rows))
-        for name in args.extra:
-            built.append(build_extra(name, args.extra_from, args.skip_bad_rows))
-        for b in built:
-            if not b.rows:
-                raise DataError(f"{b.source}: no rows left for {b.name} ({b.read} read, dropped {dict(b.dropped)})")
+        built = [b for step in local for b in step()]
+        write_all(built, args.out, written)
+        for step in remote:
+            write_all(step(), args.out, written)
     except DataError as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
+        if written:
+            print(f"prepare_data: written before the error: {', '.join(str(p) for p in written)}", file=sys.stderr)
         return 1
-
-    # Everything was read and checked: only now touch the output directory.
-    args.out.mkdir(parents=True, exist_ok=True)
-    for b in built:
-        write_parquet_atomic(b.rows, args.out / b.name)
-        print(b.report())
-    print(f"wrote {len(built)} file(s) to {args.out}")
+    if args.train_from is None and args.train_hub is None and not args.skip_train:
+        print(f"{TRAIN_FILE} not built: pass --train-from PATH (a local DAPO-Math-17k copy) or --train-hub to "
+              f"download {DEFAULT_TRAIN_HUB}")
+    print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
+
+
+def write_all(built: list[Built], out: Path, written: list[Path]) -> None:
+    """Check that every file has rows, then write them (atomically), appending each path to ``written``."""
+    for b in built:
+        if not b.rows:
+            raise DataError(f"{b.source}: no rows left for {b.name} ({b.read} read, dropped {dict(b.dropped)})")
+    if built:
+        out.mkdir(parents=True, exist_ok=True)
+    for b in built:
+        write_parquet_atomic(b.rows, out / b.name)
+        written.append(out / b.name)
+        print(b.report())
 
 
 if __name__ == "__main__":

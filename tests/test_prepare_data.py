@@ -300,10 +300,36 @@ def test_bad_input_writes_nothing(tmp_path, capsys):
 def test_hub_download_without_network_fails_clearly(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rc, out, err = run(capsys, "--skip-eval", "--out", tmp_path / "out")
+    rc, out, err = run(capsys, "--skip-eval", "--train-hub", "--out", tmp_path / "out")
     assert rc == 1
     assert "could not download 'math-dataset/DAPO-17k-Eng'" in err and "--train-from" in err
     assert not (tmp_path / "out").exists()
+
+
+def no_hub(monkeypatch):
+    def refuse(repo, split):
+        raise AssertionError(f"the hub was reached for {repo}")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(prepare_data, "iter_hub_rows", refuse)
+
+
+def test_eval_from_alone_stays_offline(tmp_path, capsys, monkeypatch):
+    # only the evaluation files were asked for: built from local inputs, the hub never reached
+    no_hub(monkeypatch)
+    rc, out, err = run(capsys, "--eval-from", shared_eval_dir(), "--out", tmp_path / "out")
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["aime2024.parquet", "aime2025.parquet", "amc23.parquet"]
+    assert "dapo-math-17k-eng.parquet not built: pass --train-from PATH" in out
+
+
+def test_a_failed_download_keeps_the_local_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc, out, err = run(capsys, "--eval-from", shared_eval_dir(), "--train-hub", "--out", tmp_path / "out")
+    assert rc == 1 and "could not download" in err
+    assert sorted(os.listdir(tmp_path / "out")) == ["aime2024.parquet", "aime2025.parquet", "amc23.parquet"]
+    assert "written before the error" in err and "amc23.parquet" in err
 
 
 def test_command_line_errors(tmp_path, capsys):
