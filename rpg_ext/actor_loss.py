@@ -1,4 +1,5 @@
-"""The actor's loss with an explicit reference policy: verl's ``ppo_loss`` plus the third log-probability.
+"""The actor's loss of the recipe: verl's ``ppo_loss`` plus the reference log-probability, the KL regularizer and the
+importance weight at the start of each step.
 
 verl's registered policy losses receive ``old_log_prob`` and ``log_prob`` but not ``ref_log_prob``, although
 ``verl.workers.utils.losses.ppo_loss`` (the one loss path of the FSDP and Megatron engines) already selects
@@ -12,7 +13,10 @@ is in use or a KL regularizer is asked for. It
 2. adds ``beta * k`` of an RPG divergence on top of any policy loss (``algorithm.rpg.kl``), importance-weighted
    with the three log-probs (theta, old, ref), aggregated exactly like the policy loss.
 
-Everything else (policy loss, entropy, aggregation, metrics) is verl's ``ppo_loss`` unchanged.
+Everything else (policy loss, entropy, aggregation, metrics) is verl's ``ppo_loss`` unchanged. :class:`ActorLoss` is
+the object the trainer installs: :func:`rpg_actor_loss` plus, on the first micro-batch of each step (where pi_theta
+still equals the policy that trained up to this step), the importance weight w = pi_theta / pi_old: exactly 1 when
+pi_old was recomputed by the actor, the rollout-vs-trainer mismatch when pi_old is the rollout's own log-probs.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
-from rpg_ext.kl import rpg_kl_term
+from rpg_ext.config import refuse_double_kl
+from rpg_ext.divergences import LOG_RATIO_CLAMP, rpg_kl_term
 from rpg_ext.losses import aggregate_loss, reference_log_prob
+
 
 @dataclass(frozen=True)
 class ActorLossSettings:
@@ -51,11 +57,8 @@ def _padded(data, *keys):
 
 def rpg_actor_loss(config, model_output, data, dp_group=None, *, settings: ActorLossSettings):
     """verl's ``ppo_loss`` with the reference log-probs passed on and an optional RPG KL regularizer."""
-    if config.use_kl_loss and (settings.use_reference_model or settings.kl_divergence):
-        raise ValueError(
-            "actor_rollout_ref.actor.use_kl_loss=True together with the RPG reference / KL regularizer would count "
-            "a KL twice: set use_kl_loss=False"
-        )
+    if settings.kl_divergence:
+        refuse_double_kl(config, f"algorithm.rpg.kl.divergence={settings.kl_divergence}")
     ref = None
     if settings.use_reference_model:
         if "ref_log_prob" not in data.keys():
@@ -91,3 +94,39 @@ def rpg_actor_loss(config, model_output, data, dp_group=None, *, settings: Actor
         # how far the reference is from the sampling policy (0 right after a reference refresh)
         metrics["actor/rpg/ref_old_logprob_absdiff"] = Metric(value=diff, aggregation=AggregationType.MEAN)
     return loss, metrics
+
+
+def step_start_metrics(model_output, data) -> dict:
+    """w = pi_theta / pi_old over the response tokens of the step's first micro-batch: ``actor/rpg/step_start_iw_*``."""
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    response_mask, old_log_prob = _padded(data, "response_mask", "old_log_probs")
+    mask = response_mask.bool()
+    with torch.no_grad():
+        log_w = torch.clamp(log_prob.detach() - old_log_prob, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        w = torch.exp(log_w)[mask]
+        if w.numel() == 0:
+            return {}
+        return {
+            "actor/rpg/step_start_iw_mean": Metric(value=w.mean(), aggregation=AggregationType.MEAN),
+            "actor/rpg/step_start_iw_max": Metric(value=w.max(), aggregation=AggregationType.MAX),
+            "actor/rpg/step_start_iw_min": Metric(value=w.min(), aggregation=AggregationType.MIN),
+        }
+
+
+class ActorLoss:
+    """The loss function the recipe's trainer installs in the actor workers (verl's ``set_loss_fn``): called as
+    ``loss_fn(model_output=..., data=..., dp_group=...)``; :meth:`new_step` (called by the trainer through the worker
+    before each step's update) makes the next call also log :func:`step_start_metrics`."""
+
+    def __init__(self, config, settings: ActorLossSettings):
+        self.config, self.settings, self._step_start = config, settings, False
+
+    def new_step(self) -> None:
+        self._step_start = True
+
+    def __call__(self, model_output, data, dp_group=None):
+        loss, metrics = rpg_actor_loss(self.config, model_output, data, dp_group, settings=self.settings)
+        if self._step_start:
+            self._step_start = False
+            metrics.update(step_start_metrics(model_output, data))
+        return loss, metrics

@@ -1,15 +1,20 @@
-"""Configuration of the RPG losses: typed dataclasses for verl's config system, and their validation.
+"""Configuration of the RPG losses, the reference and the KL regularizer: typed dataclasses for verl's config system.
 
-verl hands every policy loss its actor config as ``config``. The RPG losses read
+Each value is validated once, in the ``__post_init__`` of the dataclass that defines it (as verl does).
 
-    config.policy_loss.rpg.beta          beta >= 0 (default 1e-4, the paper's value)
-    config.policy_loss.rpg.clip          'dual' (default) | 'truncate' (REINFORCE family only) | 'none'
+The losses read verl's actor config (``config`` of every policy loss):
+
+    config.policy_loss.rpg.beta          beta >= 0 (default 1e-4, the paper's value)            RPGConfig
+    config.policy_loss.rpg.clip          'dual' (default) | 'alg1' | 'truncate' | 'none'        RPGConfig
     config.clip_ratio_low / _high        eps_low / eps_high (each falls back to config.clip_ratio when null)
-    config.clip_ratio_c                  c, the dual-clip bound (> 1)
+    config.clip_ratio_c                  c, the dual-clip bound (> 1)                           RPGParams
 
 ``config`` may be verl's ``ActorConfig`` whose ``policy_loss`` is an :class:`RPGPolicyLossConfig`
 (selected with ``actor_rollout_ref.actor.policy_loss._target_=rpg_ext.config.RPGPolicyLossConfig``), or a plain
 OmegaConf ``DictConfig`` / dict carrying the same keys. A missing ``policy_loss.rpg`` block means the defaults.
+
+The recipe's ``algorithm`` block (:class:`RPGAlgoConfig`: ``algorithm.policy_loss`` and ``algorithm.rpg``) is what a
+user sets; the recipe's yaml wires ``policy_loss``, ``rpg.beta`` and ``rpg.clip`` into the actor's keys above.
 """
 
 from __future__ import annotations
@@ -20,33 +25,40 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from verl.base_config import BaseConfig
+from verl.trainer.config import AlgoConfig
 from verl.workers.config import PolicyLossConfig
 
+from rpg_ext import DIVERGENCES
+from rpg_ext.kl_penalty import check_kl_penalty_name
+
 CLIP_MODES = ("dual", "alg1", "truncate", "none")
+#: ``algorithm.rpg.reference``: pi_ref is the sampling policy of the step, the initial model, or a refreshed copy.
+REFERENCE_MODES = ("sampling", "fixed", "periodic")
 DEFAULT_BETA = 1e-4
 DEFAULT_CLIP = "dual"
 #: verl's own default for ``clip_ratio_c`` (used by its ``vanilla`` loss when the key is absent).
 VERL_DEFAULT_CLIP_RATIO_C = 3.0
-
-_KEY = "actor_rollout_ref.actor"
-
-
-def validate_beta(beta: Any, key: str = f"{_KEY}.policy_loss.rpg.beta") -> float:
-    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"{key} must be a finite float >= 0 (the KL strength beta), got {beta!r}")
-    return float(beta)
-
-
 #: Losses on which ``clip=alg1`` (the paper's Algorithm 1 as printed) keeps the objective's gradient: for the
 #: forward divergences its gradient through A_hat = A + C/w cancels the KL term's (the loss -w * A_hat is
 #: -w * A - beta * rho), so Algorithm 1 as printed would train them with no KL at all.
 ALG1_LOSSES = ("rpg_rkl", "rpg_urkl")
 
+ACTOR = "actor_rollout_ref.actor"
+ALGO = "algorithm"
 
-def validate_clip(clip: Any, loss_name: str | None = None, key: str = f"{_KEY}.policy_loss.rpg.clip") -> str:
+
+def validate_beta(beta: Any, key: str) -> float:
+    """The one rule for a KL strength (the RPG losses' beta and the regularizer's)."""
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"{key} must be a finite number >= 0 (a KL strength), got {beta!r}")
+    return float(beta)
+
+
+def validate_clip(clip: Any, loss_name: str | None, key: str) -> str:
+    """The one rule for a clip mode, alone (``loss_name=None``) and for a given RPG loss."""
     if clip not in CLIP_MODES:
         raise ValueError(f"{key} must be one of {list(CLIP_MODES)}, got {clip!r}")
-    if loss_name is None:
+    if loss_name is None or not loss_name.startswith("rpg_"):
         return clip
     reinforce = loss_name.startswith("rpg_reinforce_")
     if clip == "truncate" and not reinforce:
@@ -66,9 +78,39 @@ def validate_clip(clip: Any, loss_name: str | None = None, key: str = f"{_KEY}.p
     return clip
 
 
+def refuse_double_kl(actor_config: Any, what: str) -> None:
+    """An RPG KL term (a loss's beta * k, the regularizer) and verl's KL loss together would count the KL twice."""
+    if _get(actor_config, "use_kl_loss", False):
+        raise ValueError(
+            f"{what} already adds a KL term; {ACTOR}.use_kl_loss=True would add verl's KL loss on top and count the "
+            f"KL twice. Set {ACTOR}.use_kl_loss=False (beta is algorithm.rpg.beta / algorithm.rpg.kl.beta)"
+        )
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):  # DictConfig, dict and verl's BaseConfig are all Mappings
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _block(cls, value, key: str):
+    """A dict-like config block -> its dataclass, naming unknown keys."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping, got {type(value).__name__}")
+    known = {f for f in cls.__dataclass_fields__ if f != "_target_"}
+    unknown = sorted(set(value) - known - {"_target_"})
+    if unknown:
+        raise ValueError(f"{key} has unknown keys {unknown}; known: {', '.join(sorted(known))}")
+    return cls(**{k: v for k, v in value.items() if k != "_target_"})
+
+
 @dataclass
 class RPGConfig(BaseConfig):
-    """The ``rpg`` block of the policy-loss config.
+    """The ``rpg`` block of the policy-loss config (and, extended, of ``algorithm``).
 
     Args:
         beta (float): KL strength beta >= 0 (paper: 1e-4).
@@ -80,10 +122,11 @@ class RPGConfig(BaseConfig):
 
     beta: float = DEFAULT_BETA
     clip: str = DEFAULT_CLIP
+    _key = f"{ACTOR}.policy_loss.rpg"
 
     def __post_init__(self):
-        validate_beta(self.beta)
-        validate_clip(self.clip)
+        validate_beta(self.beta, f"{self._key}.beta")
+        validate_clip(self.clip, None, f"{self._key}.clip")
 
 
 @dataclass
@@ -97,21 +140,13 @@ class RPGPolicyLossConfig(PolicyLossConfig):
         super_post_init = getattr(super(), "__post_init__", None)
         if super_post_init is not None:
             super_post_init()
-        if not isinstance(self.rpg, RPGConfig):
-            if not isinstance(self.rpg, Mapping):
-                raise ValueError(f"{_KEY}.policy_loss.rpg must be a mapping, got {type(self.rpg).__name__}")
-            unknown = sorted(set(self.rpg) - {"beta", "clip", "_target_"})
-            if unknown:
-                raise ValueError(f"{_KEY}.policy_loss.rpg has unknown keys {unknown}; known: beta, clip")
-            rpg = RPGConfig(**{k: v for k, v in self.rpg.items() if k != "_target_"})
-            object.__setattr__(self, "rpg", rpg)  # BaseConfig fields are frozen after __init__
-        if self.loss_mode.startswith("rpg_"):
-            validate_clip(self.rpg.clip, self.loss_mode)
+        object.__setattr__(self, "rpg", _block(RPGConfig, self.rpg, f"{ACTOR}.policy_loss.rpg"))  # frozen after init
+        validate_clip(self.rpg.clip, self.loss_mode, f"{ACTOR}.policy_loss.rpg.clip")
 
 
 @dataclass(frozen=True)
 class RPGParams:
-    """Validated hyperparameters of one RPG loss call."""
+    """The hyperparameters of one RPG loss call: the rpg block and verl's clip ratios as the loss reads them."""
 
     beta: float
     clip: str
@@ -119,64 +154,37 @@ class RPGParams:
     eps_high: float
     clip_c: float
 
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):  # DictConfig, dict and verl's BaseConfig are all Mappings
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
+    def __post_init__(self):
+        for key, value in (("clip_ratio_low", self.eps_low), ("clip_ratio_high", self.eps_high),
+                           ("clip_ratio_c", self.clip_c)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{ACTOR}.{key} must be a finite number (falling back to {ACTOR}.clip_ratio when "
+                                 f"null), got {value!r}")
+        if not 0 < self.eps_low < 1:
+            raise ValueError(f"{ACTOR}.clip_ratio_low (eps_low) must lie in (0, 1), got {self.eps_low!r}")
+        if not self.eps_high > 0:
+            raise ValueError(f"{ACTOR}.clip_ratio_high (eps_high) must be > 0, got {self.eps_high!r}")
+        if not self.clip_c > 1:
+            raise ValueError(f"{ACTOR}.clip_ratio_c (dual-clip bound c) must be > 1, got {self.clip_c!r}")
 
 
 def resolve_params(config: Any, loss_name: str) -> RPGParams:
-    """Read and validate the RPG hyperparameters of ``loss_name`` from verl's actor config."""
+    """The RPG hyperparameters of ``loss_name`` from verl's actor config (validated by the dataclasses)."""
     if config is None:
         raise ValueError(f"{loss_name} needs verl's actor config (policy_loss.rpg, clip ratios); got config=None")
-    if _get(config, "use_kl_loss", False):
-        raise ValueError(
-            f"{loss_name} already contains its KL term (beta * k); {_KEY}.use_kl_loss=True would count the KL "
-            f"twice. Set {_KEY}.use_kl_loss=False and choose beta with {_KEY}.policy_loss.rpg.beta."
-        )
+    refuse_double_kl(config, loss_name)
     rpg = _get(_get(config, "policy_loss"), "rpg")
-    beta = validate_beta(_get(rpg, "beta", DEFAULT_BETA))
-    clip = validate_clip(_get(rpg, "clip", DEFAULT_CLIP), loss_name)
-
+    rpg = RPGConfig() if rpg is None else _block(RPGConfig, rpg, f"{ACTOR}.policy_loss.rpg")
+    validate_clip(rpg.clip, loss_name, f"{ACTOR}.policy_loss.rpg.clip")
     clip_ratio = _get(config, "clip_ratio")
-    eps_low = _get(config, "clip_ratio_low")
-    eps_high = _get(config, "clip_ratio_high")
-    eps_low = clip_ratio if eps_low is None else eps_low
-    eps_high = clip_ratio if eps_high is None else eps_high
-    clip_c = _get(config, "clip_ratio_c", VERL_DEFAULT_CLIP_RATIO_C)
-    if clip_c is None:
-        clip_c = VERL_DEFAULT_CLIP_RATIO_C
-    for key, value in (("clip_ratio_low", eps_low), ("clip_ratio_high", eps_high), ("clip_ratio_c", clip_c)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(
-                f"{_KEY}.{key} must be a finite number (falling back to {_KEY}.clip_ratio when null), got {value!r}"
-            )
-    if not 0 < eps_low < 1:
-        raise ValueError(f"{_KEY}.clip_ratio_low (eps_low) must lie in (0, 1), got {eps_low!r}")
-    if not eps_high > 0:
-        raise ValueError(f"{_KEY}.clip_ratio_high (eps_high) must be > 0, got {eps_high!r}")
-    if not clip_c > 1:
-        raise ValueError(f"{_KEY}.clip_ratio_c (dual-clip bound c) must be > 1, got {clip_c!r}")
-    return RPGParams(beta=beta, clip=clip, eps_low=float(eps_low), eps_high=float(eps_high), clip_c=float(clip_c))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The recipe's ``algorithm`` block: ``algorithm.policy_loss`` and ``algorithm.rpg`` (recipe/rpg/config/*.yaml).
-# The recipe's yaml wires them into the actor (``actor_rollout_ref.actor.policy_loss.loss_mode`` and ``.rpg``);
-# these classes type and validate the user-facing side. New ``algorithm.rpg`` keys (reference management, a KL
-# regularizer) are added as fields of :class:`RPGAlgorithmConfig`.
-# ---------------------------------------------------------------------------------------------------------------
-
-from verl.trainer.config import AlgoConfig  # noqa: E402  (appended section; verl.workers.config imports it too)
-
-_ALGO_KEY = "algorithm"
-
-
-REFERENCE_MODES = ("sampling", "fixed", "periodic")
-KL_DIVERGENCES = ("fkl", "rkl", "ufkl", "urkl")
+    eps_low, eps_high = _get(config, "clip_ratio_low"), _get(config, "clip_ratio_high")
+    clip_c = _get(config, "clip_ratio_c")
+    return RPGParams(
+        beta=rpg.beta, clip=rpg.clip,
+        eps_low=clip_ratio if eps_low is None else eps_low,
+        eps_high=clip_ratio if eps_high is None else eps_high,
+        clip_c=VERL_DEFAULT_CLIP_RATIO_C if clip_c is None else clip_c,
+    )
 
 
 @dataclass
@@ -193,21 +201,19 @@ class RPGKLConfig(BaseConfig):
     beta: float = DEFAULT_BETA
 
     def __post_init__(self):
-        if self.divergence is not None and self.divergence not in KL_DIVERGENCES:
+        if self.divergence is not None and self.divergence not in DIVERGENCES:
             raise ValueError(
-                f"{_ALGO_KEY}.rpg.kl.divergence must be one of {list(KL_DIVERGENCES)} or null, got {self.divergence!r}"
+                f"{ALGO}.rpg.kl.divergence must be one of {list(DIVERGENCES)} or null, got {self.divergence!r}"
             )
-        validate_beta(self.beta, key=f"{_ALGO_KEY}.rpg.kl.beta")
+        validate_beta(self.beta, f"{ALGO}.rpg.kl.beta")
 
 
 @dataclass
-class RPGAlgorithmConfig(BaseConfig):
-    """``algorithm.rpg``: the RPG hyperparameters a user sets (beta and clip are fed to the actor's
-    ``policy_loss.rpg``; the reference and the KL regularizer are run by the recipe's trainer).
+class RPGAlgorithmConfig(RPGConfig):
+    """``algorithm.rpg``: the RPG hyperparameters a user sets (beta and clip, as in :class:`RPGConfig`, are fed to the
+    actor's ``policy_loss.rpg``; the reference and the KL regularizer are run by the recipe's trainer).
 
     Args:
-        beta (float): KL strength beta >= 0 (paper: 1e-4).
-        clip (str): 'dual' | 'alg1' (rpg_rkl, rpg_urkl) | 'truncate' (rpg_reinforce_* only) | 'none'; see :class:`RPGConfig`.
         reference (str): 'sampling' (the paper's iterative reference: pi_ref = pi_old of the step, no reference
             model), 'fixed' (the initial model, frozen) or 'periodic' (a reference model refreshed from the current
             policy every ``reference_every`` steps and/or when the moving average of the KL estimate exceeds
@@ -219,20 +225,17 @@ class RPGAlgorithmConfig(BaseConfig):
         kl (RPGKLConfig): optional RPG KL regularizer on top of a non-RPG policy loss.
     """
 
-    beta: float = DEFAULT_BETA
-    clip: str = DEFAULT_CLIP
     reference: str = "sampling"
     reference_every: Optional[int] = None
     reference_kl_target: Optional[float] = None
     reference_kl_decay: float = 0.9
     kl: RPGKLConfig = field(default_factory=RPGKLConfig)
+    _key = f"{ALGO}.rpg"
 
     def __post_init__(self):
-        key = f"{_ALGO_KEY}.rpg"
-        validate_beta(self.beta, key=f"{key}.beta")
-        validate_clip(self.clip, key=f"{key}.clip")
-        if not isinstance(self.kl, RPGKLConfig):
-            object.__setattr__(self, "kl", _block(RPGKLConfig, self.kl, f"{key}.kl"))
+        super().__post_init__()
+        key = self._key
+        object.__setattr__(self, "kl", _block(RPGKLConfig, self.kl, f"{key}.kl"))
         if self.reference not in REFERENCE_MODES:
             raise ValueError(f"{key}.reference must be one of {list(REFERENCE_MODES)}, got {self.reference!r}")
         every, target = self.reference_every, self.reference_kl_target
@@ -262,17 +265,6 @@ class RPGAlgorithmConfig(BaseConfig):
         return self.reference != "sampling"
 
 
-def _block(cls, value, key: str):
-    """A dict-like config block -> its dataclass, naming unknown keys."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{key} must be a mapping, got {type(value).__name__}")
-    known = {f for f in cls.__dataclass_fields__ if f != "_target_"}
-    unknown = sorted(set(value) - known - {"_target_"})
-    if unknown:
-        raise ValueError(f"{key} has unknown keys {unknown}; known: {', '.join(sorted(known))}")
-    return cls(**{k: v for k, v in value.items() if k != "_target_"})
-
-
 @dataclass
 class RPGAlgoConfig(AlgoConfig):
     """verl's ``AlgoConfig`` plus ``policy_loss`` (a policy-loss registry name: an RPG loss or any verl built-in)
@@ -280,7 +272,7 @@ class RPGAlgoConfig(AlgoConfig):
 
     Args:
         policy_loss (str): registry name of the actor's policy loss (``rpg_rkl``, ``vanilla``, ``gspo``, ...).
-        rpg (RPGAlgorithmConfig): beta and clip of the RPG losses.
+        rpg (RPGAlgorithmConfig): beta, clip, reference and KL regularizer.
     """
 
     policy_loss: str = "vanilla"
@@ -292,37 +284,33 @@ class RPGAlgoConfig(AlgoConfig):
             super_post_init()
         if not isinstance(self.policy_loss, str) or not self.policy_loss:
             raise ValueError(
-                f"{_ALGO_KEY}.policy_loss must be a policy-loss registry name (for example rpg_rkl or vanilla), "
+                f"{ALGO}.policy_loss must be a policy-loss registry name (for example rpg_rkl or vanilla), "
                 f"got {self.policy_loss!r}"
             )
-        if not isinstance(self.rpg, RPGAlgorithmConfig):
-            object.__setattr__(self, "rpg", _block(RPGAlgorithmConfig, self.rpg, f"{_ALGO_KEY}.rpg"))
-        from rpg_ext.kl_penalty import check_kl_penalty_name
-
-        check_kl_penalty_name(self.kl_penalty, f"{_ALGO_KEY}.kl_penalty")
-        rpg = self.rpg
+        object.__setattr__(self, "rpg", _block(RPGAlgorithmConfig, self.rpg, f"{ALGO}.rpg"))
+        check_kl_penalty_name(self.kl_penalty, f"{ALGO}.kl_penalty")
+        rpg, rpg_loss = self.rpg, self.policy_loss.startswith("rpg_")
+        validate_clip(rpg.clip, self.policy_loss, f"{ALGO}.rpg.clip")
         if rpg.kl.divergence is not None:
-            if self.policy_loss.startswith("rpg_"):
+            if rpg_loss:
                 raise ValueError(
-                    f"{_ALGO_KEY}.rpg.kl.divergence={rpg.kl.divergence} adds a KL regularizer, but "
-                    f"{_ALGO_KEY}.policy_loss={self.policy_loss} already contains its KL term (beta * k): choose a "
-                    f"non-RPG policy loss (vanilla, gspo, cispo, ...) or set {_ALGO_KEY}.rpg.kl.divergence=null"
+                    f"{ALGO}.rpg.kl.divergence={rpg.kl.divergence} adds a KL regularizer, but "
+                    f"{ALGO}.policy_loss={self.policy_loss} already contains its KL term (beta * k): choose a "
+                    f"non-RPG policy loss (vanilla, gspo, cispo, ...) or set {ALGO}.rpg.kl.divergence=null"
                 )
             if self.use_kl_in_reward:
                 raise ValueError(
-                    f"{_ALGO_KEY}.rpg.kl.divergence={rpg.kl.divergence} together with {_ALGO_KEY}.use_kl_in_reward=True "
-                    f"would count a KL twice: set {_ALGO_KEY}.use_kl_in_reward=False"
+                    f"{ALGO}.rpg.kl.divergence={rpg.kl.divergence} together with {ALGO}.use_kl_in_reward=True "
+                    f"would count a KL twice: set {ALGO}.use_kl_in_reward=False"
                 )
-        if rpg.uses_reference_model and not (self.policy_loss.startswith("rpg_") or rpg.kl.divergence):
+        if rpg.uses_reference_model and not (rpg_loss or rpg.kl.divergence):
             raise ValueError(
-                f"{_ALGO_KEY}.rpg.reference={rpg.reference} has nothing to act on: {_ALGO_KEY}.policy_loss="
-                f"{self.policy_loss} is not an RPG loss and {_ALGO_KEY}.rpg.kl.divergence is null"
+                f"{ALGO}.rpg.reference={rpg.reference} has nothing to act on: {ALGO}.policy_loss="
+                f"{self.policy_loss} is not an RPG loss and {ALGO}.rpg.kl.divergence is null"
             )
-        if self.policy_loss.startswith("rpg_"):
-            validate_clip(self.rpg.clip, self.policy_loss, key=f"{_ALGO_KEY}.rpg.clip")
-            if self.use_kl_in_reward:
-                raise ValueError(
-                    f"{_ALGO_KEY}.policy_loss={self.policy_loss} already contains its KL term (beta * k); "
-                    f"{_ALGO_KEY}.use_kl_in_reward=True would add verl's KL penalty on top. Set "
-                    f"{_ALGO_KEY}.use_kl_in_reward=False and choose beta with {_ALGO_KEY}.rpg.beta."
-                )
+        if rpg_loss and self.use_kl_in_reward:
+            raise ValueError(
+                f"{ALGO}.policy_loss={self.policy_loss} already contains its KL term (beta * k); "
+                f"{ALGO}.use_kl_in_reward=True would add verl's KL penalty on top. Set "
+                f"{ALGO}.use_kl_in_reward=False and choose beta with {ALGO}.rpg.beta."
+            )

@@ -5,7 +5,7 @@ Eight names, each with verl's ``PolicyLossFn`` signature, returning ``(loss, met
     rpg_<div>            fully differentiable:  L = dualclip(w, A) + beta * k            (Algorithm 1)
     rpg_reinforce_<div>  REINFORCE-style:       L = -SG(w * A + C) * lp, C = -beta * dk/dlp (Algorithm 2)
 
-for <div> in fkl, rkl, ufkl, urkl (``rpg_ext.kl``). All tensors are ``(batch, response_len)``.
+for <div> in fkl, rkl, ufkl, urkl (``rpg_ext.divergences``). All tensors are ``(batch, response_len)``.
 ``ref_log_prob=None`` means the reference is the sampling policy (the paper's iterative reference);
 passing it selects the general formulas with rho = pi_ref / pi_old and log u = log pi_theta / pi_ref.
 """
@@ -20,10 +20,10 @@ from typing import Any, Optional
 import torch
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register_policy_loss
 
-from rpg_ext import DIVERGENCES, RPG_LOSS_NAMES
+from rpg_ext import RPG_LOSS_NAMES
 from rpg_ext import config as rpg_config  # module, not names: `import rpg_ext.config` first imports verl, whose
 # plugin loading imports this module while rpg_ext.config is still half-initialized
-from rpg_ext.kl import Divergence, get_divergence, log_ratios
+from rpg_ext.divergences import Divergence, get_divergence, log_ratios
 
 Tensor = torch.Tensor
 METRIC_PREFIX = "actor/rpg/"
@@ -195,40 +195,96 @@ def rpg_policy_loss(
     return loss, _masked_metrics(reinforce, mask, parts)
 
 
-def _make_loss_fn(name: str):
-    def loss_fn(
-        old_log_prob: Tensor,
-        log_prob: Tensor,
-        advantages: Tensor,
-        response_mask: Tensor,
-        loss_agg_mode: str = "token-mean",
-        config: Any = None,
-        rollout_is_weights: Tensor | None = None,
-        ref_log_prob: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        return rpg_policy_loss(
-            name, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
-            ref_log_prob,
-        )
-
-    loss_fn.__name__ = loss_fn.__qualname__ = f"compute_policy_loss_{name}"
-    loss_fn.__doc__ = f"verl policy loss {name!r}: see rpg_ext.losses.rpg_policy_loss."
-    loss_fn.rpg_loss_name = name
-    return loss_fn
+# ---------------------------------------------------------------------------------------------------------------
+# The eight names, each registered in verl's policy-loss registry where it is defined (verl's PolicyLossFn signature).
 
 
-#: name -> registered function; the same objects on every ``register()`` call.
-LOSS_FNS = {name: _make_loss_fn(name) for name in RPG_LOSS_NAMES}
-assert {n.rsplit("_", 1)[1] for n in LOSS_FNS} == set(DIVERGENCES)
+def _register(name: str):
+    """verl's ``register_policy_loss``, refusing to replace a different function already registered under ``name``."""
+
+    def decorator(fn):
+        existing = POLICY_LOSS_REGISTRY.get(name)
+        if existing is not None and getattr(existing, "rpg_loss_name", None) != name:
+            raise RuntimeError(f"verl's policy-loss registry already holds a different {name!r}: {existing!r}")
+        fn.rpg_loss_name = name
+        return register_policy_loss(name)(fn)
+
+    return decorator
+
+
+@_register("rpg_fkl")
+def compute_policy_loss_rpg_fkl(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean",
+                                config=None, rollout_is_weights=None, ref_log_prob=None):
+    """RPG-FKL, KL(pi_ref || pi_theta): L = dualclip(w, A) - beta * rho * log u  (ref = old: -w A - beta * delta)."""
+    return rpg_policy_loss("rpg_fkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
+                           rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_rkl")
+def compute_policy_loss_rpg_rkl(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean",
+                                config=None, rollout_is_weights=None, ref_log_prob=None):
+    """RPG-RKL, KL(pi_theta || pi_ref): L = dualclip(w, A) + beta * w * log u  (ref = old: -w A + beta * w * delta)."""
+    return rpg_policy_loss("rpg_rkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
+                           rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_ufkl")
+def compute_policy_loss_rpg_ufkl(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean",
+                                 config=None, rollout_is_weights=None, ref_log_prob=None):
+    """RPG-UFKL, UKL(pi_ref || pi_theta): L = dualclip(w, A) + beta * (w - rho * log u - rho)."""
+    return rpg_policy_loss("rpg_ufkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
+                           rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_urkl")
+def compute_policy_loss_rpg_urkl(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean",
+                                 config=None, rollout_is_weights=None, ref_log_prob=None):
+    """RPG-URKL, UKL(pi_theta || pi_ref): L = dualclip(w, A) + beta * (rho + w * log u - w)."""
+    return rpg_policy_loss("rpg_urkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
+                           rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_reinforce_fkl")
+def compute_policy_loss_rpg_reinforce_fkl(old_log_prob, log_prob, advantages, response_mask,
+                                          loss_agg_mode="token-mean", config=None, rollout_is_weights=None,
+                                          ref_log_prob=None):
+    """RPG-REINFORCE-FKL: L = -SG(w A + C) * lp with C = beta * rho."""
+    return rpg_policy_loss("rpg_reinforce_fkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+                           config, rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_reinforce_rkl")
+def compute_policy_loss_rpg_reinforce_rkl(old_log_prob, log_prob, advantages, response_mask,
+                                          loss_agg_mode="token-mean", config=None, rollout_is_weights=None,
+                                          ref_log_prob=None):
+    """RPG-REINFORCE-RKL: L = -SG(w A + C) * lp with C = -beta * w * (log u + 1)."""
+    return rpg_policy_loss("rpg_reinforce_rkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+                           config, rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_reinforce_ufkl")
+def compute_policy_loss_rpg_reinforce_ufkl(old_log_prob, log_prob, advantages, response_mask,
+                                           loss_agg_mode="token-mean", config=None, rollout_is_weights=None,
+                                           ref_log_prob=None):
+    """RPG-REINFORCE-UFKL: L = -SG(w A + C) * lp with C = beta * (rho - w)."""
+    return rpg_policy_loss("rpg_reinforce_ufkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+                           config, rollout_is_weights, ref_log_prob)
+
+
+@_register("rpg_reinforce_urkl")
+def compute_policy_loss_rpg_reinforce_urkl(old_log_prob, log_prob, advantages, response_mask,
+                                           loss_agg_mode="token-mean", config=None, rollout_is_weights=None,
+                                           ref_log_prob=None):
+    """RPG-REINFORCE-URKL: L = -SG(w A + C) * lp with C = -beta * w * log u."""
+    return rpg_policy_loss("rpg_reinforce_urkl", old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+                           config, rollout_is_weights, ref_log_prob)
+
+
+#: name -> registered function, the objects verl's registry holds.
+LOSS_FNS = {name: POLICY_LOSS_REGISTRY[name] for name in RPG_LOSS_NAMES}
 
 
 def register() -> None:
-    """Register the eight RPG losses in verl's policy-loss registry (idempotent).
-
-    Refuses to replace a different function already registered under one of our names.
-    """
+    """(Re-)register the eight losses in verl's policy-loss registry (idempotent; importing this module did it)."""
     for name, fn in LOSS_FNS.items():
-        existing = POLICY_LOSS_REGISTRY.get(name)
-        if existing is not None and existing is not fn and getattr(existing, "rpg_loss_name", None) != name:
-            raise RuntimeError(f"verl's policy-loss registry already holds a different {name!r}: {existing!r}")
-        register_policy_loss(name)(fn)
+        _register(name)(fn)

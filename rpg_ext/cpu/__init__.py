@@ -1,6 +1,6 @@
 """Run verl 0.9.1's real trainer on a host without an accelerator.
 
-Selected with ``VERL_PLATFORM=cpu`` (verl's own platform override; the CPU demo and launchers set it when
+Selected with ``VERL_PLATFORM=cpu`` (verl's own platform override; the launcher and ``machine=cpu`` set it when
 no GPU is visible), and inert otherwise: on a GPU host nothing here is registered or patched, and verl's
 platform auto-detection never picks ``cpu`` (the platform reports itself unavailable to auto-detection).
 
@@ -9,10 +9,11 @@ When selected, ``rpg_ext.plugin`` (loaded by ``import verl`` in every process, R
 
   * the verl platform ``cpu`` (``rpg_ext.cpu.platform``),
   * verl's own FSDP engines (``fsdp``/``fsdp2``, language and value models) for device ``cpu``,
-  * the rollout backend ``hf`` (``rpg_ext.cpu.hf_rollout``) in ``RolloutReplicaRegistry`` and verl's
-    rollout-class table,
 
-and applies the runtime patches of ``rpg_ext.cpu.patches``. This module imports nothing heavy itself.
+and applies the runtime patches of ``rpg_ext.cpu.patches``. The rollout backend ``hf`` (``rpg_ext.hf_rollout``,
+which generates on the CPU here) is registered on every platform by the plugin (``rpg_ext.rollouts``);
+:func:`activate` imports it eagerly, so that a broken rollout fails the activation loudly. This module imports
+nothing heavy itself.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def is_active() -> bool:
 
 
 def activate() -> None:
-    """Register the cpu platform, verl's FSDP engines for device cpu and the hf rollout; apply the patches.
+    """Register the cpu platform and verl's FSDP engines for device cpu, apply the patches, check the hf rollout.
 
     Idempotent. Raises (never falls back) when something cannot be registered.
     """
@@ -73,10 +74,8 @@ def activate() -> None:
     from rpg_ext.cpu import platform as _platform  # noqa: F401  (registers the platform)
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
-    from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from rpg_ext.cpu import hf_rollout
+    from rpg_ext import hf_rollout, rollouts  # noqa: F401  (imported here: a broken rollout fails loudly)
 
     patches.apply_all()
 
@@ -87,7 +86,6 @@ def activate() -> None:
             continue
         EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device=PLATFORM_NAME)(engine_cls)
 
-    # verl's rollout-class table has no public registration (verl/workers/rollout/base.py: _ROLLOUT_REGISTRY)
-    rollout_base._ROLLOUT_REGISTRY[(hf_rollout.ROLLOUT_NAME, "async")] = "rpg_ext.cpu.hf_rollout.HFServerAdapter"
-    RolloutReplicaRegistry.register(hf_rollout.ROLLOUT_NAME, lambda: hf_rollout.HFReplica)
+    # the plugin registered it already (on every platform); idempotent, and the rollout modules are imported now
+    rollouts.register_hf_rollout()
     _active = True

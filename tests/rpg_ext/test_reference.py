@@ -12,8 +12,8 @@ from rpg_ext import RPG_LOSS_NAMES
 from rpg_ext.actor_loss import ActorLossSettings, rpg_actor_loss
 from rpg_ext.config import RPGAlgoConfig, RPGAlgorithmConfig, RPGKLConfig
 from rpg_ext.reference import ReferenceSchedule, copy_module_weights, load_shard_state, shard_state
-from tests.test_loss_exactness import COUNTS, F64, LOG_PI_OLD, TOKENS, exact_divergence, policy, rel_err
-from tests.test_loss_verl_integration import actor_config, ppo_loss_batch
+from tests.rpg_ext.test_losses_exactness import COUNTS, F64, LOG_PI_OLD, TOKENS, exact_divergence, policy, rel_err
+from tests.rpg_ext.test_losses_verl_integration import actor_config, ppo_loss_batch
 
 N = len(TOKENS)
 
@@ -304,3 +304,39 @@ def test_saved_reference_restores_every_chunk():
             assert torch.equal(a, r)
     with pytest.raises(RuntimeError, match="missing"):
         load_shard_state(two_chunks(4), {k: v for k, v in state.items() if not k.startswith("1/")})
+
+
+def test_actor_loss_logs_the_importance_weight_at_the_start_of_each_step(gen):
+    # the first micro-batch after new_step(): w = pi_theta / pi_old over response tokens (1 when pi_old was recomputed,
+    # the rollout/trainer mismatch when pi_old is the rollout's); later micro-batches of the step do not log it
+    from rpg_ext.actor_loss import ActorLoss
+
+    theta0 = LOG_PI_OLD + 0.3 * torch.randn(len(COUNTS), generator=gen, dtype=F64)
+    loss = ActorLoss(actor_config("rpg_urkl", "token-mean"), ActorLossSettings())
+    w = (torch.log_softmax(theta0, -1) - LOG_PI_OLD).exp()[TOKENS]
+    for call, step_start in ((0, False), (1, True), (2, False)):
+        if step_start:
+            loss.new_step()
+        log_probs, td = worker_batch(theta0.clone().requires_grad_(True), True, None, torch.zeros(len(COUNTS), dtype=F64))
+        _, metrics = loss(model_output={"log_probs": log_probs}, data=td)
+        if step_start:
+            assert metrics["actor/rpg/step_start_iw_mean"].aggregate() == pytest.approx(w.mean().item(), rel=1e-9)
+            assert metrics["actor/rpg/step_start_iw_max"].aggregate() == pytest.approx(w.max().item(), rel=1e-9)
+            assert metrics["actor/rpg/step_start_iw_min"].aggregate() == pytest.approx(w.min().item(), rel=1e-9)
+            assert w.max() > 1.05 and w.min() < 0.95  # the batch is off-policy: the metric can show it
+        else:
+            assert not any(k.startswith("actor/rpg/step_start") for k in metrics), call
+
+
+def test_verls_vanilla_loss_logs_no_rpg_loss_metric(gen):
+    # the control of the real runs' RPG metrics: through the recipe's actor loss, verl's vanilla loss logs only the
+    # step-start importance weight of the hook, none of the RPG losses' metrics
+    from rpg_ext.actor_loss import ActorLoss
+
+    loss = ActorLoss(actor_config("vanilla", "token-mean"), ActorLossSettings())
+    loss.new_step()
+    log_probs, td = worker_batch(LOG_PI_OLD.clone().requires_grad_(True), True, None, torch.ones(len(COUNTS), dtype=F64))
+    _, metrics = loss(model_output={"log_probs": log_probs}, data=td)
+    assert sorted(k for k in metrics if k.startswith("actor/rpg/")) == [
+        "actor/rpg/step_start_iw_max", "actor/rpg/step_start_iw_mean", "actor/rpg/step_start_iw_min"]
+    assert "actor/pg_loss" in metrics

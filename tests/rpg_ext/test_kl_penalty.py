@@ -14,11 +14,12 @@ from verl.trainer.ppo.ray_trainer import apply_kl_penalty
 from verl.workers.utils.losses import ppo_loss
 
 import rpg_ext.kl_penalty as kp
-from rpg_ext.kl import KL_ESTIMATOR_REGISTRY, VERL_KL_ESTIMATORS, get_kl_estimator
-from tests.test_loss_exactness import COUNTS, TOKENS, exact_divergence, rel_err
-from tests.test_loss_verl_integration import actor_config, ppo_loss_batch
+from tests.rpg_ext.test_losses_exactness import COUNTS, TOKENS, exact_divergence, rel_err
+from tests.rpg_ext.test_losses_verl_integration import actor_config, ppo_loss_batch
 
 RPG_NAMES = ["rpg_fkl", "rpg_rkl", "rpg_ufkl", "rpg_urkl"]
+#: verl 0.9.1's own estimator names (``core_algos.kl_penalty_forward``), typed from verl's code.
+VERL_KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,13 +40,12 @@ def spec_on_policy_k(name, lp, rlp):
     }[name]
 
 
-def test_registry_holds_rpg_and_verl_names():
-    assert set(RPG_NAMES) | set(VERL_KL_ESTIMATORS) <= set(KL_ESTIMATOR_REGISTRY)
+def test_dispatch_sends_rpg_names_to_rpg_and_the_rest_to_verl():
     lp, rlp = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
     for name in VERL_KL_ESTIMATORS:  # verl's names give verl's own (unpatched) estimator
-        assert torch.equal(get_kl_estimator(name)(lp, rlp), kp.verl_kl_penalty_forward(lp, rlp, name))
-    with pytest.raises(ValueError, match="rpg_xkl"):
-        get_kl_estimator("rpg_xkl")
+        assert torch.equal(core_algos.kl_penalty_forward(lp, rlp, name), kp.verl_kl_penalty_forward(lp, rlp, name))
+    for name in RPG_NAMES:
+        torch.testing.assert_close(core_algos.kl_penalty_forward(lp, rlp, name), spec_on_policy_k(name, lp, rlp))
 
 
 @pytest.mark.parametrize("name", RPG_NAMES)

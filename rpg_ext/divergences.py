@@ -17,6 +17,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from rpg_ext import DIVERGENCES
+
 #: Log-ratios are clamped to +-LOG_RATIO_CLAMP before exp, as verl's own losses do (spec section 4).
 LOG_RATIO_CLAMP = 20.0
 
@@ -36,6 +38,8 @@ DIVERGENCE_REGISTRY: dict[str, Divergence] = {}
 
 
 def register_divergence(name: str, k, dk_dlp) -> Divergence:
+    if name not in DIVERGENCES:
+        raise ValueError(f"{name!r} is not one of rpg_ext.DIVERGENCES {DIVERGENCES}")
     div = Divergence(name, k, dk_dlp)
     DIVERGENCE_REGISTRY[name] = div
     return div
@@ -55,6 +59,7 @@ register_divergence("rkl", lambda w, log_u, rho: w * log_u, lambda w, log_u, rho
 register_divergence("ufkl", lambda w, log_u, rho: w - rho * log_u - rho, lambda w, log_u, rho: w - rho)
 # urkl: UKL(pi_theta || pi_ref)        k = rho + w * log u - w         dk/dlp = w * log u
 register_divergence("urkl", lambda w, log_u, rho: rho + w * log_u - w, lambda w, log_u, rho: w * log_u)
+assert tuple(DIVERGENCE_REGISTRY) == DIVERGENCES
 
 
 def log_ratios(
@@ -72,30 +77,6 @@ def log_ratios(
     return log_w, log_u, rho
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# KL-estimator registry: per-token KL estimates by name, the RPG divergences and verl's own estimators.
-
-KLEstimator = Callable[..., Tensor]  # (log_prob, ref_log_prob, old_log_prob=None) -> per-token k
-KL_ESTIMATOR_REGISTRY: dict[str, KLEstimator] = {}
-
-#: verl 0.9.1's own estimator names (``verl.trainer.ppo.core_algos.kl_penalty_forward``), without the '+' suffix.
-VERL_KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
-
-
-def register_kl_estimator(name: str):
-    def decorator(fn: KLEstimator) -> KLEstimator:
-        KL_ESTIMATOR_REGISTRY[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_kl_estimator(name: str) -> KLEstimator:
-    if name not in KL_ESTIMATOR_REGISTRY:
-        raise ValueError(f"Unknown KL estimator {name!r}; registered: {sorted(KL_ESTIMATOR_REGISTRY)}")
-    return KL_ESTIMATOR_REGISTRY[name]
-
-
 def rpg_kl_term(div: str, log_prob: Tensor, ref_log_prob: Tensor | None, old_log_prob: Tensor | None = None) -> Tensor:
     """Per-token k of the RPG divergence ``div`` for samples of pi_old.
 
@@ -108,28 +89,3 @@ def rpg_kl_term(div: str, log_prob: Tensor, ref_log_prob: Tensor | None, old_log
         old_log_prob = log_prob.detach()
     log_w, log_u, rho = log_ratios(log_prob, old_log_prob, ref_log_prob)
     return get_divergence(div).k(torch.exp(log_w), log_u, rho)
-
-
-def _register_rpg_estimator(div: str) -> None:
-    @register_kl_estimator(f"rpg_{div}")
-    def estimator(log_prob, ref_log_prob, old_log_prob=None):
-        return rpg_kl_term(div, log_prob, ref_log_prob, old_log_prob)
-
-
-for _div in ("fkl", "rkl", "ufkl", "urkl"):
-    _register_rpg_estimator(_div)
-#: names the RPG divergences have as KL estimators (``kl_loss_type`` / ``algorithm.kl_penalty`` in verl)
-RPG_KL_ESTIMATORS = tuple(f"rpg_{d}" for d in ("fkl", "rkl", "ufkl", "urkl"))
-
-
-def _register_verl_estimator(name: str) -> None:
-    @register_kl_estimator(name)
-    def estimator(log_prob, ref_log_prob, old_log_prob=None):
-        # verl's own estimator, called through verl (original, unpatched implementation); no importance weight
-        from rpg_ext.kl_penalty import verl_kl_penalty_forward
-
-        return verl_kl_penalty_forward(log_prob, ref_log_prob, name)
-
-
-for _name in VERL_KL_ESTIMATORS:
-    _register_verl_estimator(_name)

@@ -1,27 +1,36 @@
 """Rollout backend ``hf`` for verl's v1 agent loop: a Hugging Face ``transformers`` model served by a Ray actor.
 
-verl 0.9.1 serves rollouts from vLLM / SGLang / TRT-LLM servers only; none runs without a GPU. This backend
-provides the same three pieces with plain ``transformers`` on the CPU:
+verl 0.9.1 serves rollouts from vLLM / SGLang / TRT-LLM servers only. This backend provides the same three pieces
+with plain ``transformers``, on whatever device verl's platform uses (a GPU, or the CPU of ``rpg_ext.cpu``):
 
 ``HFRolloutServer``  (Ray actor, one per replica)
     async token-in/token-out ``generate(prompt_ids, sampling_params, request_id)`` -> ``TokenOutput``.
     Concurrent requests are batched (left padding, KV cache); sampling applies temperature, top-k and top-p,
     and the returned log-probs are those of the processed distribution the token was drawn from (vLLM's
     ``processed_logprobs``). ``load_weights`` replaces every weight (strictly: unknown or missing names fail).
+    The model lives on the device of its replica's worker (``cuda:0`` of a process that sees only that worker's
+    GPU, or ``cpu``) in ``rollout.dtype``; ``sleep`` moves it to host memory and ``wake_up`` back (accelerators
+    only, with ``rollout.free_cache_engine``), so one GPU trains and generates as verl's hybrid engine does.
 ``HFServerAdapter``  (``BaseRollout``, lives in the actor worker)
-    verl's ``naive`` checkpoint-engine path calls ``update_weights(generator)`` with the actor's full tensors
-    after every step; the adapter gathers them and pushes them to its replica's server.
+    verl's ``naive`` checkpoint-engine path calls ``resume(["weights"])`` and ``update_weights(generator)`` with
+    the actor's full tensors after every step; the adapter wakes its server, gathers the tensors (to host
+    memory) and pushes them to its replica's server.
 ``HFReplica``  (``RolloutReplica``)
-    starts the server next to its worker, registered as ``RolloutReplicaRegistry`` name ``hf``.
+    starts the server next to its worker (same node, same GPU), registered as rollout name ``hf`` by
+    ``rpg_ext.rollouts`` (on every platform, through ``rpg_ext.plugin``).
 
 Options: ``actor_rollout_ref.rollout.engine_kwargs.hf`` (``+...`` on the command line):
     ``max_batch_size`` (default: rollout.max_num_seqs)    requests generated together
-    ``torch_threads`` (default 1)                           intra-op threads of the server process
+    ``torch_threads`` (default 1)                           intra-op CPU threads of the server process
     ``freeze_weights`` (default false)                      NEGATIVE CONTROL ONLY: the adapter drops the weight
                                                              updates, so the rollout keeps its initial weights;
                                                              verl's ``training/rollout_probs_diff_*`` then shows it.
 ``rollout.load_format=dummy`` (verl's default) starts the server from random weights (fixed seed) instead of the
 checkpoint, so a missing weight sync is visible from the first step.
+
+Throughput: verl 0.9.1's v1 trainer has no path from a rollout server into its metrics (it reads a sample's
+``extra_fields`` only for speculative-decoding counts). The server counts its own generated tokens and busy time;
+:func:`collect_rollout_metrics` fetches them from the replicas (``perf/hf_rollout/*``) for a trainer to log.
 """
 
 from __future__ import annotations
@@ -29,24 +38,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Generator, Optional
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generator, Iterable, Optional
 
-import ray
-import torch
-from omegaconf import DictConfig, OmegaConf
+from rpg_ext.rollouts import HF_ROLLOUT, require_verl_version
 
-from verl.utils.config import omega_conf_to_dataclass
-from verl.workers.config import HFModelConfig, RolloutConfig
-from verl.workers.rollout.base import BaseRollout
-from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
+require_verl_version()  # the server protocol below is verl 0.9.1's
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from verl.plugin.platform import get_platform  # noqa: E402
+from verl.utils.config import omega_conf_to_dataclass  # noqa: E402
+from verl.utils.device import (  # noqa: E402
+    get_device_name,
+    get_resource_name,
+    get_torch_device,
+    get_visible_devices_keyword,
+)
+from verl.workers.config import HFModelConfig, RolloutConfig  # noqa: E402
+from verl.workers.rollout.base import BaseRollout  # noqa: E402
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput  # noqa: E402
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
-ROLLOUT_NAME = "hf"
+ROLLOUT_NAME = HF_ROLLOUT
 SERVER_NAME_PREFIX = "hf_rollout_server"
 _KNOWN_OPTIONS = {"max_batch_size", "torch_threads", "freeze_weights"}
+#: Where a sleeping server keeps its weights.
+HOST_DEVICE = "cpu"
 
 
 def hf_options(config: RolloutConfig | DictConfig) -> dict[str, Any]:
@@ -66,6 +89,102 @@ def hf_options(config: RolloutConfig | DictConfig) -> dict[str, Any]:
 
 def server_name(replica_rank: int, node_rank: int = 0) -> str:
     return f"{SERVER_NAME_PREFIX}_{replica_rank}_{node_rank}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device placement (pure decisions; the Ray and torch calls that feed them are in the server and replica below)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerPlacement:
+    """Where a replica's server runs: its torch ``device``, the ``env_vars`` of its Ray actor, and the visible
+    devices (``visible_devices_keyword`` = ``visible_devices``) it must see."""
+
+    device: str
+    env_vars: dict[str, str] = field(default_factory=dict)
+    visible_devices_keyword: Optional[str] = None
+    visible_devices: Optional[str] = None
+
+
+def server_device(device_name: str) -> str:
+    """The torch device of a server whose process sees only its replica's devices: ``cpu``, or the first visible
+    accelerator (``cuda:0``, ``npu:0``, ...)."""
+    return "cpu" if device_name == "cpu" else f"{device_name}:0"
+
+
+def server_placement(
+    device_name: str, accelerator_ids: list[str], visible_devices_keyword: str, noset_envvars: list[str]
+) -> ServerPlacement:
+    """The placement of a replica's server, from its worker's verl device name (``get_device_name()``), the Ray
+    accelerator ids of the replica's workers (``get_accelerator_ids()[get_resource_name()]``), and the platform's
+    visible-devices variable and ``RAY_EXPERIMENTAL_NOSET_*`` variables.
+
+    As verl's vLLM server (``vLLMReplica.launch_servers``): the actor holds no Ray GPU (the worker's bundle does),
+    Ray is told not to set the visible devices (``RAY_EXPERIMENTAL_NOSET_*=1``), and the visible devices are those
+    of the replica's workers; the process then sees exactly those GPUs, the first as ``<device>:0``. Here the
+    variable is set in the actor's environment (``runtime_env``) so that it is in place before torch initializes
+    the device, because the model lives in the actor itself (vLLM's lives in the engine processes it spawns).
+    On the CPU (verl platform ``cpu``, whose Ray GPUs are logical) nothing is set: the server runs on ``cpu``.
+    """
+    if device_name == "cpu":
+        return ServerPlacement(device=server_device(device_name))
+    ids = [str(i) for i in accelerator_ids]
+    if not ids:
+        raise RuntimeError(
+            f"the hf rollout runs on the {device_name!r} device of its replica's worker, but the worker holds no "
+            f"accelerator (Ray gave it none of {visible_devices_keyword})"
+        )
+    visible = ",".join(ids)
+    env = {var: "1" for var in noset_envvars}
+    env[visible_devices_keyword] = visible
+    return ServerPlacement(
+        device=server_device(device_name),
+        env_vars=env,
+        visible_devices_keyword=visible_devices_keyword,
+        visible_devices=visible,
+    )
+
+
+def offloads_on_sleep(device: str | torch.device, free_cache_engine: bool) -> bool:
+    """Whether ``sleep`` moves the model to host memory: on an accelerator, when verl frees the rollout's memory
+    for training (``rollout.free_cache_engine``, verl's default true). On the CPU the model already is in host
+    memory: sleep and wake_up do nothing."""
+    return torch.device(device).type != "cpu" and bool(free_cache_engine)
+
+
+def check_visible_devices(
+    environ: dict, keyword: Optional[str], visible: Optional[str], device_initialized: bool
+) -> None:
+    """Make ``environ[keyword] == visible`` (the server's own process environment), refusing when the device
+    runtime was initialized under another value (it would no longer take effect)."""
+    if keyword is None or visible is None or environ.get(keyword) == visible:
+        return
+    if device_initialized:
+        raise RuntimeError(
+            f"the hf rollout server must see {keyword}={visible}, but its device runtime was initialized with "
+            f"{keyword}={environ.get(keyword)!r}"
+        )
+    environ[keyword] = visible
+
+
+def check_device_count(seen: int, visible: Optional[str]) -> None:
+    """The server process must see exactly the devices of its replica (one, with one process per replica)."""
+    if visible is None:
+        return
+    expected = len(visible.split(","))
+    if seen != expected:
+        raise RuntimeError(
+            f"the hf rollout server sees {seen} devices, expected {expected} (its replica's worker's: {visible}); "
+            "the visible-devices variable did not take effect in the server process"
+        )
+
+
+def _worker_placement_info(worker) -> tuple[str, str, list[str]]:
+    """Run inside a replica's worker (``__ray_call__``): its node, verl device name and Ray accelerator ids."""
+    context = ray.get_runtime_context()
+    ids = context.get_accelerator_ids().get(get_resource_name(), [])
+    return context.get_node_id(), get_device_name(), [str(i) for i in ids]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,6 +225,13 @@ def sample_next(
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
 @torch.no_grad()
 def generate_batch(
     model,
@@ -120,31 +246,35 @@ def generate_batch(
     generator: torch.Generator,
     should_stop=lambda: False,
 ) -> list[tuple[list[int], list[float]]]:
-    """Generate a continuation of every prompt (left-padded into one batch, KV cache, one token per forward).
+    """Generate a continuation of every prompt (left-padded into one batch, KV cache, one token per forward), on
+    the device of ``model`` (``generator`` must be on that device too).
 
     A sequence ends after an eos token (included, as vLLM returns it) or ``max_tokens[i]`` tokens. Returns
     ``(token_ids, log_probs)`` per prompt, the log-probs of the processed distribution each token came from.
+    Tokens stay on the device until the end: one host synchronization per step (the all-done test).
     """
+    device = _model_device(model)
     n, width = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
     for i, p in enumerate(prompts):
         input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         attention[i, width - len(p) :] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    limits = torch.tensor(max_tokens)
+    limits = torch.tensor(max_tokens, device=device)
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1, :]
     next_pos = positions[:, -1] + 1
-    tokens: list[list[int]] = [[] for _ in prompts]
-    log_probs: list[list[float]] = [[] for _ in prompts]
-    done = torch.zeros(n, dtype=torch.bool)
-    for step in range(int(limits.max())):
+    step_tokens, step_log_probs, step_kept = [], [], []
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for step in range(int(max(max_tokens))):
         tok, lp = sample_next(logits, temperature, top_k, top_p, generator)
-        for i in torch.nonzero(~done).flatten().tolist():
-            tokens[i].append(int(tok[i]))
-            log_probs[i].append(float(lp[i]))
-        done = done | torch.tensor([t in eos_ids for t in tok.tolist()]) | (step + 1 >= limits)
+        step_tokens.append(tok)
+        step_log_probs.append(lp)
+        step_kept.append(~done)  # a row keeps the token of this step if it was still generating
+        done = done | torch.isin(tok, eos) | (step + 1 >= limits)
         if bool(done.all()) or should_stop():
             break
         # finished rows keep stepping on a masked pad token so the batch stays rectangular
@@ -159,7 +289,10 @@ def generate_batch(
         )
         past, logits = out.past_key_values, out.logits[:, -1, :]
         next_pos = next_pos + 1
-    return list(zip(tokens, log_probs, strict=True))
+    tokens = torch.stack(step_tokens, dim=1).cpu()
+    log_probs = torch.stack(step_log_probs, dim=1).float().cpu()
+    kept = torch.stack(step_kept, dim=1).cpu()
+    return [(tokens[i][kept[i]].tolist(), log_probs[i][kept[i]].tolist()) for i in range(n)]
 
 
 #: Sampling parameters the server implements, and those it accepts only at their neutral value.
@@ -176,6 +309,68 @@ def check_sampling_params(sampling_params: dict[str, Any]) -> None:
     for key, neutral in NEUTRAL_SAMPLING.items():
         if key in sampling_params and sampling_params[key] != neutral:
             raise ValueError(f"the hf rollout implements {key}={neutral!r} only, got {sampling_params[key]!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Throughput
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Prefix of the server's own throughput metrics (next to verl's ``perf/throughput``).
+METRIC_PREFIX = "perf/hf_rollout"
+
+
+@dataclass
+class GenerationStats:
+    """What a server generated since the last :meth:`HFRolloutServer.get_stats` with ``reset``."""
+
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    requests: int = 0
+    batches: int = 0
+    busy_s: float = 0.0  # wall time of the batched generation calls
+
+    def add(self, prompt_tokens: int, generated_tokens: int, requests: int, seconds: float) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.generated_tokens += generated_tokens
+        self.requests += requests
+        self.batches += 1
+        self.busy_s += seconds
+
+
+def throughput_metrics(stats: Iterable[dict]) -> dict[str, float]:
+    """verl-style metrics of the servers' stats (one dict per replica, as ``GenerationStats`` fields):
+
+    ``perf/hf_rollout/gen_tokens_per_s``  generated tokens per second of generation time, per replica (the
+                                          replicas' tokens over their summed busy time; one GPU per replica)
+    ``perf/hf_rollout/generated_tokens``  tokens generated by all replicas
+    ``perf/hf_rollout/prompt_tokens``     prompt tokens prefilled by all replicas
+    ``perf/hf_rollout/busy_s``            the busiest replica's generation time
+    ``perf/hf_rollout/mean_batch_size``   requests per batched generation call
+
+    Empty when nothing was generated.
+    """
+    stats = [s for s in stats if s and s.get("batches", 0) > 0]
+    if not stats:
+        return {}
+    tokens = sum(s["generated_tokens"] for s in stats)
+    busy = sum(s["busy_s"] for s in stats)
+    return {
+        f"{METRIC_PREFIX}/gen_tokens_per_s": tokens / busy if busy > 0 else 0.0,
+        f"{METRIC_PREFIX}/generated_tokens": float(tokens),
+        f"{METRIC_PREFIX}/prompt_tokens": float(sum(s["prompt_tokens"] for s in stats)),
+        f"{METRIC_PREFIX}/busy_s": max(s["busy_s"] for s in stats),
+        f"{METRIC_PREFIX}/mean_batch_size": sum(s["requests"] for s in stats) / sum(s["batches"] for s in stats),
+    }
+
+
+def collect_rollout_metrics(replicas: Iterable[RolloutReplica], reset: bool = True) -> dict[str, float]:
+    """:func:`throughput_metrics` of the hf replicas among ``replicas`` (others are ignored), since the previous
+    collection when ``reset``. For a trainer: ``self.llm_server_manager.get_replicas()``; call it once before
+    the step's generation (discarding validation's tokens) and once after it."""
+    servers = [s for r in replicas if isinstance(r, HFReplica) for s in r.servers]
+    if not servers:
+        return {}
+    return throughput_metrics(ray.get([s.get_stats.remote(reset=reset) for s in servers]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,6 +393,10 @@ class _Request:
         return (self.temperature, self.top_k, self.top_p)
 
 
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
 class HFRolloutServer:
     """One rollout replica: a ``transformers`` causal LM generating batched requests with a KV cache."""
 
@@ -208,10 +407,15 @@ class HFRolloutServer:
         rollout_mode: RolloutMode,
         replica_rank: int,
         node_rank: int = 0,
+        device: Optional[str] = None,
+        visible_devices_keyword: Optional[str] = None,
+        visible_devices: Optional[str] = None,
         **kwargs: Any,
     ):
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        # before anything initializes the device runtime of this process
+        check_visible_devices(os.environ, visible_devices_keyword, visible_devices, _device_initialized())
         self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
         model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         self.rollout_mode = rollout_mode
@@ -222,10 +426,12 @@ class HFRolloutServer:
         torch.set_num_threads(int(opts.get("torch_threads", 1)))
         self.max_batch_size = int(opts.get("max_batch_size", self.config.max_num_seqs))
 
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "fp32": torch.float32,
-                 "bf16": torch.bfloat16}.get(str(self.config.dtype))
+        dtype = _DTYPES.get(str(self.config.dtype))
         if dtype is None:
             raise ValueError(f"actor_rollout_ref.rollout.dtype={self.config.dtype!r} is not supported by the hf rollout")
+        self.device = torch.device(device if device is not None else server_device(get_device_name()))
+        if self.device.type != "cpu":
+            check_device_count(get_torch_device().device_count(), visible_devices)
         path = model_config.local_path
         hf_config = AutoConfig.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
         hf_config._attn_implementation = "sdpa"
@@ -233,30 +439,47 @@ class HFRolloutServer:
         if self.config.load_format == "dummy":
             # verl's convention: the rollout starts from dummy weights and receives the real ones from the actor
             torch.manual_seed(seed + 10_007)
-            self.model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
+            with torch.device(self.device):  # initialized on the device (fast for a large model)
+                model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, torch_dtype=dtype)
-        self.model.eval()
-        self.dtype = dtype
-        self.generator = torch.Generator().manual_seed(seed)
+            model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, torch_dtype=dtype)
+        model = model.to(self.device).eval()
 
         gen_cfg = model_config.generation_config
         eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
         if eos is None:
             eos = model_config.tokenizer.eos_token_id if model_config.tokenizer is not None else hf_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
-        if not self.eos_ids:
+        eos_ids = set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
+        if not eos_ids:
             raise ValueError(f"the model at {path} defines no eos_token_id: generation could not stop")
         pad = model_config.tokenizer.pad_token_id if model_config.tokenizer is not None else None
-        self.pad_id = pad if pad is not None else min(self.eos_ids)
+        self._init_runtime(
+            model,
+            dtype=dtype,
+            eos_ids=eos_ids,
+            pad_id=pad if pad is not None else min(eos_ids),
+            seed=seed,
+            tied=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        )
 
+    def _init_runtime(self, model, *, dtype, eos_ids: set[int], pad_id: int, seed: int, tied: bool) -> None:
+        """The serving state of a loaded model (``self.config`` and ``self.device`` are set)."""
+        self.model = model
+        self.dtype = dtype
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.tied = tied
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.offload_on_sleep = offloads_on_sleep(self.device, self.config.free_cache_engine)
         self.global_steps: Optional[int] = None
+        self.stats = GenerationStats()
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
+        self._awake = asyncio.Event()  # cleared while the model sleeps in host memory
+        self._awake.set()
         self._model_lock = asyncio.Lock()
         self._loop_task: Optional[asyncio.Task] = None
         self._aborting = False
-        self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
 
     # -- generation ---------------------------------------------------------------------------------------------
 
@@ -276,7 +499,8 @@ class HFRolloutServer:
     async def generate(
         self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str, **kwargs: Any
     ) -> TokenOutput:
-        """Token-in/token-out generation of one request (batched with the requests that arrive meanwhile)."""
+        """Token-in/token-out generation of one request (batched with the requests that arrive meanwhile).
+        A request that arrives while the server sleeps waits for ``wake_up``."""
         media = [k for k in ("image_data", "video_data", "audio_data") if kwargs.get(k) is not None]
         if media:
             raise NotImplementedError(f"the hf rollout is text-only; request {request_id} carries {media}")
@@ -310,19 +534,29 @@ class HFRolloutServer:
             await asyncio.sleep(0.01)  # let the requests sent together arrive together
             self._wakeup.clear()
             while self._pending:
-                key = self._pending[0].sampling_key
-                batch = [r for r in self._pending if r.sampling_key == key][: self.max_batch_size]
-                taken = set(map(id, batch))
-                self._pending = [r for r in self._pending if id(r) not in taken]
-                try:
-                    async with self._model_lock:
+                await self._awake.wait()
+                async with self._model_lock:
+                    if not self._awake.is_set() or not self._pending:  # put to sleep meanwhile
+                        continue
+                    key = self._pending[0].sampling_key
+                    batch = [r for r in self._pending if r.sampling_key == key][: self.max_batch_size]
+                    taken = set(map(id, batch))
+                    self._pending = [r for r in self._pending if id(r) not in taken]
+                    start = time.perf_counter()
+                    try:
                         results = await asyncio.to_thread(self._generate_batch, batch)
-                except Exception as e:  # report to every caller, keep serving
-                    logger.exception("hf rollout batch failed")
-                    for r in batch:
-                        if not r.future.done():
-                            r.future.set_exception(e)
-                    continue
+                    except Exception as e:  # report to every caller, keep serving
+                        logger.exception("hf rollout batch failed")
+                        for r in batch:
+                            if not r.future.done():
+                                r.future.set_exception(e)
+                        continue
+                    self.stats.add(
+                        prompt_tokens=sum(len(r.prompt_ids) for r in batch),
+                        generated_tokens=sum(len(res[0]) for res in results),
+                        requests=len(batch),
+                        seconds=time.perf_counter() - start,
+                    )
                 for r, res in zip(batch, results, strict=True):
                     if not r.future.done():
                         r.future.set_result(res)
@@ -343,6 +577,13 @@ class HFRolloutServer:
         )
         stop = "aborted" if self._aborting else "completed"
         return [(tokens, log_probs, stop) for tokens, log_probs in outputs]
+
+    async def get_stats(self, reset: bool = True) -> dict:
+        """The generation counters (``GenerationStats`` fields) since the last reset."""
+        stats = dict(vars(self.stats))
+        if reset:
+            self.stats = GenerationStats()
+        return stats
 
     # -- weights ------------------------------------------------------------------------------------------------
 
@@ -369,12 +610,39 @@ class HFRolloutServer:
     async def set_global_steps(self, global_steps: int):
         self.global_steps = global_steps
 
-    # -- life cycle (verl's replica protocol; the model stays in host memory) -----------------------------------
+    # -- life cycle (verl's replica protocol) -------------------------------------------------------------------
+    # On an accelerator with rollout.free_cache_engine: sleep moves the model to host memory (after the running
+    # batch) and frees the device cache, wake_up moves it back; requests that arrive meanwhile wait. KV caches
+    # exist only during a batch, so the kv_cache tags and calls have nothing to free. On the CPU: no-ops.
+
+    def _move_model(self, device: torch.device | str) -> None:
+        self.model.to(device)
+        if torch.device(device).type == HOST_DEVICE:
+            get_torch_device().empty_cache()
+
+    @property
+    def asleep(self) -> bool:
+        return not self._awake.is_set()
 
     async def wake_up(self, tags: list[str] | None = None):
+        if not self.offload_on_sleep or (tags is not None and "weights" not in tags):
+            return None
+        async with self._model_lock:
+            if self._awake.is_set():
+                return None
+            await asyncio.to_thread(self._move_model, self.device)
+            self._awake.set()
         return None
 
     async def sleep(self):
+        if not self.offload_on_sleep or not self._awake.is_set():
+            return None
+        await self.wait_for_requests_to_drain()
+        async with self._model_lock:
+            if not self._awake.is_set():
+                return None
+            self._awake.clear()
+            await asyncio.to_thread(self._move_model, HOST_DEVICE)
         return None
 
     async def clear_kv_cache(self):
@@ -387,7 +655,7 @@ class HFRolloutServer:
         return None
 
     async def wait_for_requests_to_drain(self):
-        while self._pending or self._model_lock.locked():
+        while (self._pending and self._awake.is_set()) or self._model_lock.locked():
             await asyncio.sleep(0.01)
 
     async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
@@ -412,6 +680,15 @@ class HFRolloutServer:
         return None
 
 
+def _device_initialized() -> bool:
+    """Whether this process already initialized its accelerator runtime (the visible devices are then fixed)."""
+    try:
+        is_initialized = getattr(get_torch_device(), "is_initialized", None)
+        return bool(is_initialized()) if callable(is_initialized) else False
+    except Exception:
+        return False
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Actor-side adapter and replica
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,7 +699,7 @@ class HFServerAdapter(BaseRollout):
 
     def __init__(self, config: RolloutConfig, model_config: HFModelConfig, device_mesh=None, replica_rank: int = -1):
         super().__init__(config, model_config, device_mesh)
-        world = _replica_world_size(self.config)
+        world = replica_world_size(self.config)
         rank = int(os.environ.get("RANK", "0"))
         self.replica_rank = rank // world if replica_rank == -1 else replica_rank
         self.rollout_rank = rank % world
@@ -435,11 +712,18 @@ class HFServerAdapter(BaseRollout):
             self._server = ray.get_actor(server_name(self.replica_rank))
         return self._server
 
+    # As verl's vLLM ServerAdapter.resume / release (vllm_rollout.py): forwarded to the server when verl frees
+    # rollout memory (rollout.free_cache_engine), on an accelerator (on the CPU the server has nothing to move).
+    def _forwards_memory_calls(self) -> bool:
+        return bool(self.config.free_cache_engine) and self.is_leader_rank and get_device_name() != "cpu"
+
     async def resume(self, tags: list[str]):
-        return None
+        if self._forwards_memory_calls():
+            await self._server_handle().wake_up.remote(tags=tags)
 
     async def release(self):
-        return None
+        if self._forwards_memory_calls():
+            await self._server_handle().sleep.remote()
 
     @torch.no_grad()
     async def update_weights(
@@ -469,7 +753,15 @@ class HFServerAdapter(BaseRollout):
         await server.load_weights.remote(named, global_steps)
 
 
-def _replica_world_size(config: RolloutConfig) -> int:
+def validate_rollout_config(config: RolloutConfig) -> None:
+    """Everything the hf rollout refuses in a rollout config, checked before anything starts (the recipe's
+    pre-flight; the server and the replica check the same at run time)."""
+    replica_world_size(config)
+    hf_options(config)
+    check_sampling_params({k: getattr(config, k) for k in NEUTRAL_SAMPLING if hasattr(config, k)})
+
+
+def replica_world_size(config: RolloutConfig) -> int:
     world = config.tensor_model_parallel_size * config.data_parallel_size * config.pipeline_model_parallel_size
     if world != 1:
         raise ValueError(
@@ -480,33 +772,44 @@ def _replica_world_size(config: RolloutConfig) -> int:
 
 
 class HFReplica(RolloutReplica):
-    """A replica of the ``hf`` rollout: one ``HFRolloutServer`` actor on its worker's node."""
+    """A replica of the ``hf`` rollout: one ``HFRolloutServer`` actor on its worker's node and device."""
 
     def __init__(self, replica_rank: int, config: RolloutConfig, model_config, gpus_per_node: int = 8, **kwargs):
         super().__init__(replica_rank, config, model_config, gpus_per_node, **kwargs)
-        _replica_world_size(self.config)
+        replica_world_size(self.config)
 
     async def launch_servers(self):
         if self.is_reward_model or self.is_teacher_model:
             raise NotImplementedError("the hf rollout serves the policy only (no reward or teacher model servers)")
-        node_ids = await asyncio.gather(
-            *[w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for w in self.workers]
+        infos = await asyncio.gather(*[w.__ray_call__.remote(_worker_placement_info) for w in self.workers])
+        node_id, device_name = infos[0][0], infos[0][1]
+        placement = server_placement(
+            device_name,
+            [i for info in infos for i in info[2]],
+            get_visible_devices_keyword(),
+            get_platform().ray_noset_envvars(),
         )
         name = server_name(self.replica_rank) + self.name_suffix
+        options = dict(
+            name=name,
+            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False
+            ),
+            max_concurrency=self.max_concurrency,
+        )
+        if placement.env_vars:
+            options["runtime_env"] = {"env_vars": placement.env_vars}
         server = (
             ray.remote(HFRolloutServer)
-            .options(
-                name=name,
-                scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
-                    node_id=node_ids[0], soft=False
-                ),
-                max_concurrency=self.max_concurrency,
-            )
+            .options(**options)
             .remote(
                 config=self.config,
                 model_config=self.model_config,
                 rollout_mode=self.rollout_mode,
                 replica_rank=self.replica_rank,
+                device=placement.device,
+                visible_devices_keyword=placement.visible_devices_keyword,
+                visible_devices=placement.visible_devices,
             )
         )
         await server.set_global_steps.remote(None)  # waits until the model is loaded
