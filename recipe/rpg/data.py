@@ -1,5 +1,5 @@
-#!/usr/bin/env python
-"""Build the paper's training and evaluation files in verl's RL parquet format.
+"""The recipe's data: the paper's prompt template and data sources (defined here, once), and the preparation of
+the training and evaluation files in verl's RL parquet format (``scripts/prepare_data.py`` is its command line).
 
     python scripts/prepare_data.py --eval-from ../shared/data/eval --train-from PATH [--out data]
 
@@ -24,22 +24,33 @@ can concatenate them (``data.val_files=[...]``).
 
 Input rows are either verl RL rows (``prompt`` list of one user message, with or without the template,
 ``reward_model.ground_truth``, optional ``extra_info.raw_problem``) or flat rows (``problem``/``question`` and
-``answer``/``ground_truth``/``final_answer``). A malformed row stops the script with the file and row number
-(0-based) unless ``--skip-bad-rows``, which drops it and counts it by reason. The hub is reached only for what
-was asked for and not given locally. All local inputs are read and checked before anything is written; hub
-sets follow one at a time, so a failed download keeps the files already written. Each output is written to a
-temporary file and renamed into place (no partial file after an interrupt), and the same inputs give
-byte-identical files.
+``answer``/``ground_truth``/``final_answer``). Text must be UTF-8 (JSON/JSONL files; a file in another
+encoding stops the script with the file and line). A malformed row stops the script with the file and row
+number (0-based) unless ``--skip-bad-rows``, which drops it and counts it by reason; besides missing or
+ill-typed fields, a row is malformed when its problem or ground truth holds a NUL character or a lone UTF-16
+surrogate (a ``\\ud800`` JSON escape without its pair), or when its ground truth is longer than
+``MAX_GROUND_TRUTH_CHARS`` (verl's answer normalizer takes time quadratic in that length; the reward refuses
+such ground truths too). The hub is reached only for what was asked for and not given locally. ``--out`` is
+checked first (a directory, or a path where one can be created, that this user can write into). All local
+inputs are read and checked before anything is written; hub sets follow one at a time, so a failed download
+keeps the files already written. Each output is written to a temporary file ``.<name>.tmp-<pid>`` and renamed
+into place (no partial file after an interrupt: SIGINT and SIGTERM remove the temporary file; one left by a
+killed run is removed by the next run once its process is gone), and the same inputs give byte-identical files.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import sys
+import tempfile
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +59,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: The paper's prompt template (the DAPO one): PROMPT_PREFIX + problem + PROMPT_SUFFIX.
 PROMPT_PREFIX = (
@@ -74,10 +85,20 @@ EXTRA_SETS = {
     "minerva": ("math-ai/minervamath", "test"),
     "olympiadbench": ("math-ai/olympiadbench", "test"),
 }
+#: Every data source of the recipe's files (the reward scores exactly these), and other names of the same sets
+#: found in released files (``amc-23.parquet`` says ``amc_23``).
+DATA_SOURCES = (TRAIN_DATA_SOURCE, *EVAL_SETS, *EXTRA_SETS)
+DATA_SOURCE_ALIASES = {"amc_23": "amc23"}
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 PROBLEM_COLUMNS = ("problem", "question")
 ANSWER_COLUMNS = ("answer", "ground_truth", "final_answer")
+
+#: The longest ground truth accepted, in characters (data preparation rejects longer ones, the reward refuses
+#: them). verl's math_dapo normalizer takes time quadratic in the ground truth's length (10k characters take
+#: about a second, 100k do not finish in minutes; 1,000 take about 10 ms); real answers are far shorter (the
+#: longest in the paper's evaluation files is ``336^\circ``, 9 characters).
+MAX_GROUND_TRUTH_CHARS = 1000
 
 SCHEMA = pa.schema(
     [
@@ -99,6 +120,12 @@ SCHEMA = pa.schema(
     ]
 )
 
+#: Every file name this script writes into --out (the stale temporary files it cleans up are named after these).
+OUTPUT_NAMES = frozenset(
+    [f"{name}.parquet" for name in EVAL_SETS] + [TRAIN_FILE] + [f"{name}.parquet" for name in EXTRA_SETS]
+)
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)")
+
 # Letters of the CJK scripts: Hangul Jamo, Hiragana, Katakana, Hangul compatibility Jamo, Han (extension A,
 # unified, compatibility, supplementary planes) and Hangul syllables.
 _CJK = re.compile(
@@ -118,6 +145,7 @@ def is_english(problem: str) -> bool:
 
 
 def apply_template(problem: str) -> str:
+    """The paper's prompt for a problem (the DAPO template)."""
     return PROMPT_PREFIX + problem + PROMPT_SUFFIX
 
 
@@ -148,31 +176,101 @@ def iter_file_rows(path: Path) -> Iterator[dict]:
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as e:  # noqa: BLE001 - any reader error is a user-facing data error
-            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
-        for batch in parquet.iter_batches(batch_size=8192):
-            yield from batch.to_pylist()
+        yield from _iter_parquet_rows(path)
     elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {line_no + 1} is not valid JSON ({e})") from e
+        yield from _iter_jsonl_rows(path)
     elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of row objects, got {type(data).__name__}")
-        yield from data
+        yield from _json_rows(path)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r} (use .parquet, .jsonl or .json)")
+
+
+def _iter_parquet_rows(path: Path) -> Iterator[dict]:
+    """Rows of a parquet file; a file that cannot be opened or whose data cannot be read (a corrupt row group,
+    found only when it is reached) is a DataError naming the file and the rows read before the failure."""
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    except Exception as e:  # noqa: BLE001 - any reader error is a user-facing data error
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+    batches = parquet.iter_batches(batch_size=8192)
+    read = 0
+    while True:
+        try:  # only the reading: an exception of the consumer never passes through here
+            batch = next(batches, None)
+            rows = batch.to_pylist() if batch is not None else None
+        except Exception as e:  # noqa: BLE001 - corrupt pages, bad compression, invalid UTF-8 strings ...
+            raise DataError(
+                f"{path}: not a readable parquet file: its data is corrupt after the first {read} rows "
+                f"({type(e).__name__}: {e}). Replace it with an intact copy."
+            ) from e
+        if rows is None:
+            return
+        read += len(rows)
+        yield from rows
+
+
+def _open_binary(path: Path):
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror})") from e
+
+
+def _encoding_guess(raw: bytes) -> tuple[str, str]:
+    """What a line that is not UTF-8 probably is: (the ``iconv -f`` encoding to convert it from, in words)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in raw:
+        return "UTF-16", "it looks like UTF-16"  # a byte-order mark, or the NUL bytes of UTF-16's ASCII letters
+    return "LATIN1", "it may be Latin-1 or another 8-bit encoding"
+
+
+def _utf8_line(path: Path, line_no: int, raw: bytes) -> str:
+    """One line of a text file, decoded; a DataError naming file, line, bytes and the conversion otherwise."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        encoding, guess = _encoding_guess(raw)
+        raise DataError(
+            f"{path}: line {line_no + 1} (1-based) is not UTF-8 text ({raw[e.start : e.end + 3]!r} at byte "
+            f"{e.start} of the line: {e.reason}); the file must be UTF-8 encoded ({guess}): convert it, e.g. "
+            f"iconv -f {encoding} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        ) from None
+
+
+def _json_error(path: Path, where: str, raw: bytes, error: json.JSONDecodeError) -> DataError:
+    hint = " (it holds NUL bytes: is it UTF-16? The file must be UTF-8 encoded)" if b"\x00" in raw else ""
+    return DataError(f"{path}: {where} is not valid JSON ({error}){hint}")
+
+
+def _iter_jsonl_rows(path: Path) -> Iterator[dict]:
+    """Rows of a UTF-8 JSONL file (lines are read as bytes, so a decoding error names its line)."""
+    with _open_binary(path) as f:
+        for line_no, raw in enumerate(f):
+            line = _utf8_line(path, line_no, raw)
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _json_error(path, f"line {line_no + 1} (1-based)", raw, e) from e
+
+
+def _json_rows(path: Path) -> list:
+    """Rows of a UTF-8 JSON file holding a list of row objects."""
+    with _open_binary(path) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        for line_no, raw in enumerate(data.split(b"\n")):  # raises for the first line that is not UTF-8
+            _utf8_line(path, line_no, raw)
+        raise
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(path, "the file", data, e) from e
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of row objects, got {type(rows).__name__}")
+    return rows
 
 
 def iter_hub_rows(repo: str, split: str) -> Iterator[dict]:
@@ -195,13 +293,33 @@ def iter_hub_rows(repo: str, split: str) -> Iterator[dict]:
 # Parsing one row into (problem, ground truth)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _non_empty_string(value: Any, what: str, missing_reason: str) -> str:
+    """A non-empty string that can be written as UTF-8 text (no NUL character, no lone surrogate)."""
     if value is None:
         raise BadRow(missing_reason, f"{what} is missing")
     if not isinstance(value, str):
         raise BadRow("wrong_type", f"{what} must be a string, got {type(value).__name__} {value!r:.80}")
     if not value.strip():
         raise BadRow(missing_reason.replace("missing", "empty"), f"{what} is empty")
+    if "\x00" in value:
+        at = value.index("\x00")
+        raise BadRow(
+            "nul_character",
+            f"{what} holds a NUL character (\\x00, in JSON \\u0000) at character {at} "
+            f"(...{value[max(0, at - 30) : at + 30]!r}...); remove it from the file",
+        )
+    surrogate = _SURROGATE.search(value)
+    if surrogate:
+        at = surrogate.start()
+        raise BadRow(
+            "lone_surrogate",
+            f"{what} holds the lone UTF-16 surrogate {surrogate.group()!r} at character {at} (a JSON escape "
+            "like \\ud800 without its pair), which is not Unicode text and cannot be written as UTF-8; the text "
+            "must be valid UTF-8: fix the escape in the file",
+        )
     return value
 
 
@@ -223,7 +341,15 @@ def _ground_truth(value: Any, what: str) -> str:
         value = value[0]
     if isinstance(value, int) and not isinstance(value, bool):  # an integer answer is unambiguous as text
         value = str(value)
-    return _non_empty_string(value, what, "missing_ground_truth")
+    value = _non_empty_string(value, what, "missing_ground_truth")
+    if len(value) > MAX_GROUND_TRUTH_CHARS:
+        raise BadRow(
+            "ground_truth_too_long",
+            f"{what} has {len(value)} characters ({value[:40]!r}...), over the limit of {MAX_GROUND_TRUTH_CHARS} "
+            "(a real math answer is far shorter, and the reward's answer normalizer takes time quadratic in this "
+            "length); put the final answer alone in this column",
+        )
+    return value
 
 
 def parse_row(row: Any) -> tuple[str, str]:
@@ -424,10 +550,15 @@ def build_extra(name: str, extra_from: Path | None, skip_bad_rows: bool) -> Buil
 # Writing
 
 
+def temp_path(path: Path, pid: int) -> Path:
+    """The temporary file that process ``pid`` writes ``path`` into before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
 def write_parquet_atomic(rows: list[dict], path: Path) -> None:
     """Write rows with SCHEMA to ``path`` via a temporary file + rename: never a half-written ``path``."""
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path, os.getpid())
     try:
         pq.write_table(table, tmp, compression="snappy")
         with open(tmp, "rb") as f:
@@ -436,6 +567,84 @@ def write_parquet_atomic(rows: list[dict], path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail early, before any input is read, when ``--out`` cannot receive the files: it must be a directory (or
+    a path where one can be created) that this user can create files in."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = f"--out {out}" if existing == out else f"--out {out}: {existing}"
+        raise DataError(f"{where} is a file, not a directory; pass a directory (it is created if missing)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # an unnamed file on Linux: nothing is left behind
+            pass
+    except OSError as e:
+        where = f"--out {out}" if existing == out else f"--out {out}: its parent {existing}"
+        raise DataError(
+            f"{where} is not writable ({e.strerror}); pass a directory you can write to, or fix its permissions"
+        ) from e
+
+
+def _process_running(pid: int) -> bool:
+    """Whether another process with this id runs now (this process's own id counts as not running)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temp_files(out: Path) -> list[str]:
+    """Remove the temporary files that runs killed while writing (SIGKILL, a crash) left in ``out`` and whose
+    process is gone; a file of a running process (another run writing here) is kept. Returns report lines."""
+    lines = []
+    try:
+        entries = sorted(out.iterdir())
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot list the directory ({e.strerror}); fix its permissions") from e
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or match["name"] not in OUTPUT_NAMES or entry.is_symlink() or not entry.is_file():
+            continue
+        pid = int(match["pid"])
+        if _process_running(pid):
+            lines.append(f"kept temporary file {entry}: process {pid} is running (another prepare_data here?)")
+            continue
+        size = entry.stat().st_size
+        try:
+            entry.unlink()
+        except OSError as e:
+            raise DataError(f"{entry}: cannot remove this stale temporary file ({e.strerror}); remove it") from e
+        lines.append(f"removed stale temporary file {entry} ({size} bytes) of process {pid}, which is not running")
+    return lines
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like SIGINT's KeyboardInterrupt, so that the same cleanup runs."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (in the main thread; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -486,6 +695,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     # Local inputs first: all of them read and checked before anything is written. The hub is reached only for
     # what was asked for and not given locally (--train-hub, --extra without --extra-from), one set at a time after
     # the local files are written, so a failed download never loses them.
@@ -501,15 +715,20 @@ def main(argv: list[str] | None = None) -> int:
             lambda name=name: [build_extra(name, args.extra_from, args.skip_bad_rows)])
     written: list[Path] = []
     try:
+        check_out_dir(args.out)
+        if args.out.is_dir():
+            for line in remove_stale_temp_files(args.out):
+                print(line)
         built = [b for step in local for b in step()]
         write_all(built, args.out, written)
         for step in remote:
             write_all(step(), args.out, written)
     except DataError as e:
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        if written:
-            print(f"prepare_data: written before the error: {', '.join(str(p) for p in written)}", file=sys.stderr)
+        report_error(str(e), written)
         return 1
+    except Terminated as e:
+        report_error(f"{e}: stopped, no partial output file left", written)
+        return 128 + int(signal.SIGTERM)
     if args.train_from is None and args.train_hub is None and not args.skip_train:
         print(f"{TRAIN_FILE} not built: pass --train-from PATH (a local DAPO-Math-17k copy) or --train-hub to "
               f"download {DEFAULT_TRAIN_HUB}")
@@ -517,18 +736,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def report_error(message: str, written: list[Path]) -> None:
+    print(f"prepare_data: error: {message}", file=sys.stderr)
+    if written:
+        print(f"prepare_data: written before the error: {', '.join(str(p) for p in written)}", file=sys.stderr)
+
+
 def write_all(built: list[Built], out: Path, written: list[Path]) -> None:
     """Check that every file has rows, then write them (atomically), appending each path to ``written``."""
     for b in built:
         if not b.rows:
             raise DataError(f"{b.source}: no rows left for {b.name} ({b.read} read, dropped {dict(b.dropped)})")
-    if built:
+    if not built:
+        return
+    try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot create the directory ({e.strerror})") from e
     for b in built:
-        write_parquet_atomic(b.rows, out / b.name)
-        written.append(out / b.name)
+        path = out / b.name
+        try:
+            write_parquet_atomic(b.rows, path)
+        except OSError as e:
+            raise DataError(
+                f"{path}: cannot write ({type(e).__name__}: {e}); check that --out is a writable directory with "
+                "free space (a file already at this path is left unchanged)"
+            ) from e
+        written.append(path)
         print(b.report())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

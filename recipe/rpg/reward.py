@@ -18,6 +18,11 @@ What verl's default router does not do, this module does: it routes the recipe's
 released ``amc-23.parquet``'s ``amc_23``) to that scorer, and it raises for an unknown data source or a
 ground truth that is not a non-empty string instead of guessing.
 
+Time per response is bounded: verl's scorer reads only the final 300 characters of the response, but it
+normalizes the whole ground truth, in time quadratic in its length (10k characters take about a second, 100k
+do not finish in minutes). So a ground truth longer than ``MAX_GROUND_TRUTH_CHARS`` (1,000 characters, about
+10 ms; ``recipe/rpg/data.py`` rejects such rows when it prepares the files) raises ValueError before scoring.
+
 verl loads this function through ``reward.custom_reward_function.path`` / ``.name``; its reward manager
 (``dapo`` in the recipe, which adds the overlong penalty) copies every key of the returned dict into the
 reward extra info, where validation turns ``acc`` into ``val-core/<data_source>/acc/mean@<n>``.
@@ -25,10 +30,7 @@ reward extra info, where validation turns ``acc`` into ``val-core/<data_source>/
 
 from verl.utils.reward_score import math_dapo
 
-#: Data sources the recipe's files use: training set and the paper's evaluation sets.
-DATA_SOURCES = ("math_dapo", "aime2024", "aime2025", "amc23", "minerva", "olympiadbench")
-#: Other names of the same sets, as found in released files.
-DATA_SOURCE_ALIASES = {"amc_23": "amc23"}
+from recipe.rpg.data import DATA_SOURCE_ALIASES, DATA_SOURCES, MAX_GROUND_TRUTH_CHARS
 
 
 def canonical_data_source(data_source: str) -> str:
@@ -49,7 +51,8 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     Args:
         data_source: the row's ``data_source`` (one of ``DATA_SOURCES`` or an alias).
         solution_str: the decoded response (special tokens removed).
-        ground_truth: the row's ``reward_model.ground_truth`` (a non-empty string).
+        ground_truth: the row's ``reward_model.ground_truth`` (a non-empty string of at most
+            ``MAX_GROUND_TRUTH_CHARS`` characters).
         extra_info: the row's ``extra_info`` (unused; part of verl's signature).
 
     Returns:
@@ -61,6 +64,14 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
         raise ValueError(
             f"recipe.rpg.reward.compute_score: ground_truth must be a non-empty string, got {ground_truth!r} "
             f"(data_source {data_source!r}, extra_info {extra_info!r})"
+        )
+    if len(ground_truth) > MAX_GROUND_TRUTH_CHARS:
+        raise ValueError(
+            f"recipe.rpg.reward.compute_score: ground_truth has {len(ground_truth)} characters "
+            f"({ground_truth[:40]!r}...), over the limit of {MAX_GROUND_TRUTH_CHARS} (data_source {data_source!r}, "
+            f"extra_info {extra_info!r}): verl's math_dapo scorer takes time quadratic in this length. Fix the "
+            "data file: rebuild it with scripts/prepare_data.py, which rejects such rows (--skip-bad-rows drops "
+            "them, counted)."
         )
     if not isinstance(solution_str, str):
         raise TypeError(

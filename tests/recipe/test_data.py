@@ -1,12 +1,13 @@
-"""scripts/prepare_data.py: the paper's evaluation files and DAPO-Math-17k (English) in verl's RL format.
+"""recipe/rpg/data.py (scripts/prepare_data.py): the paper's evaluation files and DAPO-Math-17k (English) in verl's RL format.
 
 Fixtures are small local files written by the tests; expected outputs are written by hand from the fixtures.
 """
 
 import hashlib
-import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
 
 import pandas as pd
@@ -16,10 +17,7 @@ import pytest
 
 from tests.data_helpers import REPO, build_byte_tokenizer, shared_eval_dir
 
-spec = importlib.util.spec_from_file_location("prepare_data", REPO / "scripts" / "prepare_data.py")
-prepare_data = importlib.util.module_from_spec(spec)
-sys.modules["prepare_data"] = prepare_data  # dataclasses look their module up there
-spec.loader.exec_module(prepare_data)
+from recipe.rpg import data as prepare_data  # scripts/prepare_data.py is its command line
 
 PREFIX = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
@@ -260,6 +258,272 @@ def test_skip_bad_rows_counts_by_reason(tmp_path, capsys):
     )
     assert f"read 13, kept 2, dropped 11 ({reasons}, duplicate 1, non_english 1)" in out
     check_train(tmp_path / "out" / "dapo-math-17k-eng.parquet", [(E1, "12"), (E2, "7")])
+
+
+# Text that cannot be written or scored: each its own reason (kept apart from BAD_ROWS, whose counts other
+# tests state)
+LIMIT = prepare_data.MAX_GROUND_TRUTH_CHARS
+BAD_TEXT_ROWS = {
+    "nul_character": {"problem": "What is $1+2$?\x00", "answer": "3"},
+    "lone_surrogate": {"problem": "What is $1+2$?", "answer": "3\ud800"},  # JSON "3\\ud800": json.loads accepts it
+    "ground_truth_too_long": {"problem": "What is $1+2$?", "answer": "3" * (LIMIT + 1)},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_TEXT_ROWS))
+def test_unwritable_or_unscorable_text_is_a_malformed_row(tmp_path, capsys, reason):
+    src = tmp_path / "train.jsonl"
+    good = [{"problem": E1, "answer": "12"}, {"problem": E2, "answer": "7"}, {"problem": E3, "answer": "55"}]
+    write_jsonl(src, good + [BAD_TEXT_ROWS[reason]])
+    rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out")
+    assert rc == 1, out
+    assert f"{src}: row 3 (0-based) is malformed [{reason}]" in err and "--skip-bad-rows" in err
+    assert not (tmp_path / "out").exists()
+    rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out", "--skip-bad-rows")
+    assert rc == 0, err
+    assert f"read 4, kept 3, dropped 1 (bad_row:{reason} 1)" in out
+    check_train(tmp_path / "out" / "dapo-math-17k-eng.parquet", [(E1, "12"), (E2, "7"), (E3, "55")])
+
+
+def test_text_row_messages(tmp_path, capsys):
+    """What each message says: the field, where in it, the limit, the fix."""
+    rows = [
+        verl_row(E1, "12", 0),
+        verl_row(E2, "7\x00", 1),  # NUL in the ground truth of a verl row
+        verl_row("What is $2+2$?\ud83d", "4", 2),  # lone surrogate in the prompt
+        verl_row(E3, "5" * LIMIT, 3),  # at the limit: kept
+        verl_row(E4, "x" * (LIMIT + 1), 4),
+    ]
+    messages = {}
+    for row_no in (1, 2, 4):
+        src = tmp_path / f"bad{row_no}.jsonl"
+        write_jsonl(src, [rows[0], rows[row_no]])
+        rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out")
+        assert rc == 1 and f"{src}: row 1 (0-based)" in err, err
+        messages[row_no] = err
+    assert "[nul_character]: reward_model.ground_truth holds a NUL character" in messages[1]
+    assert "[lone_surrogate]: prompt content holds the lone UTF-16 surrogate '\\ud83d'" in messages[2]
+    assert "UTF-8" in messages[2]
+    assert (
+        f"[ground_truth_too_long]: reward_model.ground_truth has {LIMIT + 1} characters" in messages[4]
+        and f"over the limit of {LIMIT}" in messages[4]
+    )
+    src = tmp_path / "limit.parquet"
+    pq.write_table(pa.Table.from_pylist([rows[0], rows[3]]), src)
+    assert run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out")[0] == 0
+    check_train(tmp_path / "out" / "dapo-math-17k-eng.parquet", [(E1, "12"), (E3, "5" * LIMIT)])
+    src = tmp_path / "nul.parquet"
+    pq.write_table(pa.Table.from_pylist([rows[0], rows[1]]), src)  # parquet strings may hold NUL: read as is
+    rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out2")
+    assert rc == 1 and f"{src}: row 1 (0-based) is malformed [nul_character]" in err
+
+
+def test_ground_truth_limit_is_far_above_real_answers():
+    """Data fact: the longest ground truth of the released evaluation files is 336^\\circ (9 characters)."""
+    longest = max(
+        (rm["ground_truth"] for f, _ in prepare_data.EVAL_SETS.values()
+         for rm in pd.read_parquet(shared_eval_dir() / f)["reward_model"]),
+        key=len,
+    )  # fmt: skip
+    assert longest == "336^\\circ"
+    assert LIMIT == 1000 and len(longest) * 100 < LIMIT
+
+
+# --------------------------------------------------------------------------------------------------------
+# Input files that are not UTF-8 or not readable
+
+UTF8_ROWS = [{"problem": E1, "answer": "12"}, {"problem": E5, "answer": "15"}]  # E5: "Café owner Zoë"
+
+
+@pytest.mark.parametrize(
+    "suffix, encoding, line, guess",
+    [
+        (".jsonl", "latin-1", 2, "iconv -f LATIN1 -t UTF-8"),  # line 1 is ASCII, line 2 has é
+        (".json", "latin-1", 3, "iconv -f LATIN1 -t UTF-8"),
+        (".jsonl", "utf-16", 1, "iconv -f UTF-16 -t UTF-8"),  # byte-order mark
+        (".json", "utf-16", 1, "iconv -f UTF-16 -t UTF-8"),
+        (".jsonl", "utf-16-le", 1, "UTF-16"),  # no byte-order mark: NUL bytes
+    ],
+)
+def test_input_not_utf8_names_file_and_line(tmp_path, capsys, suffix, encoding, line, guess):
+    src = tmp_path / f"train{suffix}"
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in UTF8_ROWS)
+    else:
+        text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in UTF8_ROWS) + "\n]\n"
+    src.write_bytes(text.encode(encoding))
+    rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out")
+    assert rc == 1
+    assert err.startswith(f"prepare_data: error: {src}: line {line} (1-based) is not"), err
+    assert "must be UTF-8 encoded" in err and guess in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_lone_surrogate_escape_in_json_file(tmp_path, capsys):
+    src = tmp_path / "train.json"
+    src.write_text('[{"problem": "Find $x$.", "answer": "\\ud800"}]')  # valid JSON, not valid Unicode text
+    rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out")
+    assert rc == 1
+    assert f"{src}: row 0 (0-based) is malformed [lone_surrogate]: answer holds" in err and "UTF-8" in err
+    assert not (tmp_path / "out").exists()
+
+
+def corrupt_parquet(path, where):
+    """A valid parquet file of 3,000 rows in 6 row groups, then 64 bytes overwritten in its middle or its footer."""
+    rows = [{"problem": f"Problem {i}: compute ${i} + {i}$.", "answer": str(2 * i)} for i in range(3000)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=500)
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 if where == "middle" else len(data) - 72
+    data[start : start + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["middle", "footer"])
+def test_corrupt_parquet_names_the_file(tmp_path, capsys, where):
+    src = tmp_path / "train.parquet"
+    corrupt_parquet(src, where)
+    if where == "middle":
+        assert pq.ParquetFile(src).metadata.num_row_groups == 6  # opens: the failure comes while reading rows
+    rc, out, err = run(capsys, "--skip-eval", "--train-from", src, "--out", tmp_path / "out")
+    assert rc == 1
+    assert err.startswith(f"prepare_data: error: {src}: not a readable parquet file"), err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------
+# --out that cannot receive the files
+
+def test_out_is_a_regular_file(tmp_path, capsys):
+    src = tmp_path / "train.parquet"
+    write_parquet(src, ENGLISH)
+    out = tmp_path / "out"
+    out.write_text("not a directory")
+    rc, _, err = run(capsys, "--skip-eval", "--train-from", src, "--out", out)
+    assert rc == 1 and f"prepare_data: error: --out {out} is a file, not a directory" in err, err
+    rc, _, err = run(capsys, "--skip-eval", "--train-from", src, "--out", out / "sub")
+    assert rc == 1 and f"--out {out / 'sub'}: {out} is a file, not a directory" in err, err
+    assert out.read_text() == "not a directory"
+    assert sorted(os.listdir(tmp_path)) == ["out", "train.parquet"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_out_unwritable_directory(tmp_path, capsys):
+    src = tmp_path / "train.parquet"
+    write_parquet(src, ENGLISH)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        rc, _, err = run(capsys, "--skip-eval", "--train-from", src, "--out", out)
+        rc2, _, err2 = run(capsys, "--skip-eval", "--train-from", src, "--out", out / "sub")
+    finally:
+        out.chmod(0o755)
+    assert rc == 1 and f"prepare_data: error: --out {out} is not writable" in err, err
+    assert rc2 == 1 and f"--out {out / 'sub'}: its parent {out} is not writable" in err2, err2
+    assert os.listdir(out) == []
+
+
+def test_out_unwritable_as_seen_by_the_checks(tmp_path, capsys, monkeypatch):
+    """The same for any user (root writes into a chmod 555 directory): the probe before reading, and a write
+    that fails anyway (read-only file system, full disk), both end in a message and leave no file behind."""
+    src = tmp_path / "train.parquet"
+    write_parquet(src, ENGLISH)
+    out = tmp_path / "out"
+    assert run(capsys, "--skip-eval", "--train-from", src, "--out", out)[0] == 0
+    target = out / "dapo-math-17k-eng.parquet"
+    before = target.read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(prepare_data.tempfile, "TemporaryFile", refuse)
+        rc, _, err = run(capsys, "--skip-eval", "--train-from", src, "--out", out)
+    assert rc == 1 and f"prepare_data: error: --out {out} is not writable (Permission denied)" in err, err
+
+    def fail_mid_write(table, where, **kwargs):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device", str(where))
+
+    monkeypatch.setattr(prepare_data.pq, "write_table", fail_mid_write)
+    rc, _, err = run(capsys, "--skip-eval", "--train-from", src, "--out", out)
+    assert rc == 1 and f"prepare_data: error: {target}: cannot write (OSError: [Errno 28] No space left" in err, err
+    assert os.listdir(out) == ["dapo-math-17k-eng.parquet"] and target.read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------------------
+# Temporary files of killed runs, SIGTERM
+
+# Runs prepare_data in a child process whose writer sends the signal argv[1] to its own process once the
+# temporary file is whole (before the rename).
+SIGNAL_MID_WRITE = """
+import os, signal, sys, time
+from recipe.rpg import data
+
+real_write = data.pq.write_table
+
+def write_then_signal(table, where, **kwargs):
+    real_write(table, where, **kwargs)
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    time.sleep(600)  # interrupted by the signal
+    raise AssertionError("the signal did not stop the write")
+
+data.pq.write_table = write_then_signal
+sys.exit(data.main(sys.argv[2:]))
+"""
+
+
+def run_signalled(sig, *args):
+    """(pid, exit status, stderr) of the child; a hang guard: a child that does not stop fails the test."""
+    command = [sys.executable, "-c", SIGNAL_MID_WRITE, sig, *map(str, args)]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            _, stderr = child.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            pytest.fail(f"prepare_data did not stop after {sig}")
+    return child.pid, child.returncode, stderr
+
+
+def test_sigterm_mid_write_removes_the_temporary_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    src = tmp_path / "train.parquet"
+    write_parquet(src, ENGLISH)
+    assert run(capsys, "--skip-eval", "--train-from", src, "--out", out)[0] == 0
+    target = out / "dapo-math-17k-eng.parquet"
+    before = target.read_bytes()
+    src2 = tmp_path / "train2.jsonl"  # a different input, so a finished write would change the file
+    write_jsonl(src2, [{"problem": p, "answer": g} for p, g in ENGLISH[:2]])
+    _, rc, err = run_signalled("SIGTERM", "--skip-eval", "--train-from", src2, "--out", out)
+    assert rc == 128 + signal.SIGTERM, (rc, err)
+    assert "prepare_data: error: terminated by signal SIGTERM: stopped, no partial output file left" in err
+    assert "Traceback" not in err
+    assert os.listdir(out) == ["dapo-math-17k-eng.parquet"]  # no temporary file left behind
+    assert target.read_bytes() == before  # the old file, whole
+
+
+def test_next_run_removes_temporary_files_of_killed_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    src = tmp_path / "train.parquet"
+    write_parquet(src, ENGLISH)
+    dead_pid, rc, err = run_signalled("SIGKILL", "--skip-eval", "--train-from", src, "--out", out)
+    assert rc == -signal.SIGKILL, (rc, err)
+    # what SIGKILL leaves: the whole temporary file, nothing renamed into place; its process is gone
+    assert os.listdir(out) == [left := f".dapo-math-17k-eng.parquet.tmp-{dead_pid}"]
+    living = out / f".aime2024.parquet.tmp-{os.getppid()}"  # a running process: maybe another run writing
+    living.write_bytes(b"PAR1")
+    not_ours = out / f".notes.txt.tmp-{dead_pid}"
+    not_ours.write_bytes(b"notes")
+    handler = signal.getsignal(signal.SIGTERM)
+    rc, stdout, err = run(capsys, "--skip-eval", "--train-from", src, "--out", out)
+    assert rc == 0, err
+    assert signal.getsignal(signal.SIGTERM) is handler  # main put the caller's handler back
+    assert f"removed stale temporary file {out / left} (" in stdout and f"of process {dead_pid}" in stdout
+    assert f"kept temporary file {living}: process {os.getppid()} is running" in stdout
+    assert sorted(os.listdir(out)) == sorted([living.name, not_ours.name, "dapo-math-17k-eng.parquet"])
+    check_train(out / "dapo-math-17k-eng.parquet", ENGLISH)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ normalized string comparison, +1/-1).
 """
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from recipe.rpg.reward import DATA_SOURCES, compute_score
-from tests.data_helpers import build_byte_tokenizer, shared_eval_dir
+from recipe.rpg import data
+from recipe.rpg.reward import DATA_SOURCES, MAX_GROUND_TRUTH_CHARS, compute_score
+from tests.data_helpers import REPO, build_byte_tokenizer, shared_eval_dir
 
 LONG_REASONING = "Let us consider the possible cases one at a time and check each. " * 200  # ~13k characters
 
@@ -167,6 +170,56 @@ def test_unknown_data_source_raises_with_name(data_source):
 def test_bad_ground_truth_raises(ground_truth):
     with pytest.raises(ValueError, match="ground_truth"):
         compute_score("amc23", "Answer: 7", ground_truth)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bounded time per response: verl's normalizer is quadratic in the ground truth's length
+
+
+def test_ground_truth_length_limit():
+    assert MAX_GROUND_TRUTH_CHARS is data.MAX_GROUND_TRUTH_CHARS == 1000  # one limit, defined in data.py
+    at_limit = "1" * MAX_GROUND_TRUTH_CHARS
+    assert not correct("aime2024", "Answer: 1", at_limit)  # scored (about 10 ms)
+    assert correct("aime2024", "Answer: " + "2" * 250, "2" * 250)
+    too_long = "7" * (MAX_GROUND_TRUTH_CHARS + 1)
+    with pytest.raises(ValueError) as error:
+        compute_score("amc23", "Answer: 7", too_long, {"index": 3})
+    message = str(error.value)
+    assert f"ground_truth has {MAX_GROUND_TRUTH_CHARS + 1} characters" in message
+    assert f"over the limit of {MAX_GROUND_TRUTH_CHARS}" in message
+    assert "data_source 'amc23'" in message and "{'index': 3}" in message and "prepare_data.py" in message
+
+
+# In a child process: a regression hangs it (100k characters of ground truth take verl's normalizer far more
+# than ten minutes), and the test fails instead of hanging.
+HUGE_INPUTS = r"""
+from recipe.rpg.reward import compute_score
+
+try:
+    compute_score("amc23", "Answer: 7", "7" * 100_000)
+except ValueError as e:
+    print("refused:", e)
+# the response side: verl reads only its final 300 characters, whatever comes before
+for response in ("\\boxed{" * 2_000_000 + "Answer: 540", "Let $x = " * 1_000_000 + "so \\boxed{540}"):
+    print(len(response), compute_score("aime2024", response, "540"))
+"""
+
+
+def test_huge_ground_truth_and_response_return_promptly():
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", HUGE_INPUTS], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("compute_score did not return within 120 s on a 100k-character ground truth or a long response")
+    assert child.returncode == 0, child.stderr
+    lines = child.stdout.splitlines()
+    assert lines[0].startswith("refused: recipe.rpg.reward.compute_score: ground_truth has 100000 characters")
+    assert "data_source 'amc23'" in lines[0]
+    assert lines[1:] == [
+        "14000011 {'score': 1.0, 'acc': 1.0, 'pred': '540'}",
+        "9000014 {'score': 1.0, 'acc': 1.0, 'pred': '540'}",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------
