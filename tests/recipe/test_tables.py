@@ -1,4 +1,4 @@
-"""scripts/make_tables.py: Last/Best tables, marks, paper comparison and figures from synthetic run logs.
+"""recipe/rpg/tables (scripts/make_tables.py): Last/Best tables, marks, paper comparison and figures from synthetic run logs.
 
 The logs are written here in verl's file-logger format (``{"step": N, "data": {...}}`` per line) and as real
 TensorBoard event files; every expected number below is worked out by hand from the values written.
@@ -7,7 +7,6 @@ TensorBoard event files; every expected number below is worked out by hand from 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -17,23 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from rpg_ext.paper_results import PAPER_BOLD, PAPER_TABLES, PAPER_UNDERLINED
-from rpg_ext.report import Options, Row, apply_marks, build_report, plot_curves, with_breaks
-from rpg_ext.runlogs import load_run
+from recipe.rpg.tables.paper_results import PAPER_BOLD, PAPER_TABLES, PAPER_UNDERLINED
+from recipe.rpg.tables.report import Options, Row, apply_marks, build_report, plot_curves, with_breaks
+from recipe.rpg.tables.runlogs import load_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "make_tables.py"
 NAN = math.nan
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_tables_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tables = _load_script()
+from recipe.rpg.tables import cli as make_tables  # noqa: E402  (scripts/make_tables.py is its command line)
 
 
 def write_jsonl(path: Path, lines) -> None:
@@ -254,13 +246,15 @@ def test_diagnostics_name_run_and_problem(runs):
     assert ra.label == "RPG-UFKL"  # from trainer.experiment_name, in the paper's spelling
     kinds = lambda run: {d.kind: d.message for d in run.diagnostics}  # noqa: E731
     ka, kb, kc = kinds(ra), kinds(rb), kinds(rc)
-    assert "20260102T093000Z.jsonl re-logs steps 20-25" in ka["overlap"]
+    assert ka["abandoned"] == ("20260101T000000Z.jsonl: steps 21-25 dropped, a branch abandoned when "
+                               "20260102T093000Z.jsonl took over at step 21")
+    assert "20260102T093000Z.jsonl re-logs step 20 of 20260101T000000Z.jsonl" in ka["overlap"]
     assert "aime2025/acc/mean@32 is null at step 30" in ka["non_finite"]
     assert "gap" not in ka and "unparsable" not in ka
     assert "dapo.jsonl: 1 line(s) skipped: line 7" in kb["unparsable"]
     assert "step 16 after step 40" in kb["backwards_step"]
     assert "actor/entropy is null at step 12" in kb["non_finite"]
-    assert kc["gap"].startswith("steps 31-33 (3 in all)")
+    assert kc["gap"].startswith("steps 31-33 (3 in all) have no training metrics")
     # the merge kept the later segment's values and the out-of-order steps
     assert ra.series["val-core/aime2024/acc/mean@32"][20] == 0.55
     assert ra.series["critic/score/mean"] == {s: s / 100 for s in range(1, 41)}
@@ -283,7 +277,7 @@ def test_tensorboard_resumed_run_later_file_wins(tmp_path):
     assert run.source == "tensorboard" and len(run.segments) == 2
     assert run.series["val-core/aime2024/acc/mean@32"] == pytest.approx(
         {s: (0.1 if s < 5 else 0.2) + s / 100 for s in range(9)})
-    assert [d.kind for d in run.diagnostics] == ["overlap"] and "re-logs step 5 " in run.diagnostics[0].message
+    assert [d.kind for d in run.diagnostics] == ["abandoned"] and "step 5 dropped" in run.diagnostics[0].message
 
 
 def test_figure_lines_per_panel(runs, produced):
@@ -506,7 +500,7 @@ def test_paper_marks_match_the_ranks_of_the_typed_numbers():
 
 
 def _cell(value):
-    from rpg_ext.report import Cell
+    from recipe.rpg.tables.report import Cell
 
     return Cell(value, 400, 32)
 
@@ -532,3 +526,74 @@ def test_paper_numbers_quoted_in_the_text():
     assert ranked(t6, "aime2024", "last")[0] == "RPG-UFKL" and t6["RPG-UFKL"]["aime2024"][0] == 0.3427
     # Section 5: "RPG-REINFORCE achieves 52% accuracy on AIME25" with 8k context (Table 3)
     assert round(max(t3[m]["aime2025"][1] for m in t3 if m.startswith("RPG-REINFORCE")), 2) == 0.52
+
+
+# --- segments: order by content, abandoned branches, new series, gaps per kind of metric ---------------------------
+
+
+def _segment(path: Path, steps, value: float, record: dict | None = None, validate=()) -> None:
+    rows = [{"step": s, "data": {"critic/score/mean": value, **({"val-core/aime2024/acc/mean@32": value}
+                                                               if s in validate else {})}} for s in steps]
+    write_jsonl(path, rows)
+    if record is not None:
+        path.with_suffix(".launch.json").write_text(json.dumps({"log": path.name, **record}))
+
+
+def test_a_resumed_segment_cuts_the_abandoned_branch_even_when_it_ends_earlier(tmp_path):
+    # the first launch ran to step 60, the resumed one restarted from step 20 and ended at 40: steps 41-60 of the
+    # first launch are an abandoned branch (Best and Last must not come from it)
+    logs = tmp_path / "run" / "logs"
+    _segment(logs / "20260101T000000Z.jsonl", range(0, 61), 0.9, {"started": "2026-01-01T00:00:00+00:00",
+                                                                   "resumed_from_step": None}, validate=(60,))
+    _segment(logs / "20260102T000000Z.jsonl", range(21, 41), 0.1, {"started": "2026-01-02T00:00:00+00:00",
+                                                                    "resumed_from_step": 20}, validate=(40,))
+    run = load_run("R", tmp_path / "run")
+    assert sorted(run.series["critic/score/mean"]) == list(range(0, 41))
+    assert run.series["critic/score/mean"][40] == 0.1 and run.series["critic/score/mean"][20] == 0.9
+    assert run.series["val-core/aime2024/acc/mean@32"] == {40: 0.1}
+    (d,) = [d for d in run.diagnostics if d.kind == "abandoned"]
+    assert "steps 21-60 dropped" in d.message and "20260102T000000Z.jsonl took over at step 21" in d.message
+
+
+def test_segments_are_ordered_by_their_content_not_their_file_names(tmp_path):
+    logs = tmp_path / "run" / "logs"
+    _segment(logs / "b.jsonl", range(0, 26), 0.9)  # the first launch, by content
+    _segment(logs / "a.jsonl", range(20, 31), 0.1)  # resumed at step 20, named so that it sorts first
+    run = load_run("R", tmp_path / "run")
+    assert run.series["critic/score/mean"][22] == 0.1 and run.series["critic/score/mean"][5] == 0.9
+
+
+def test_a_fresh_relaunch_starts_a_new_series(tmp_path):
+    # a 2-step re-run into the directory of a 60-step run that saved no checkpoint: not a resume, not merged
+    logs = tmp_path / "run" / "logs"
+    _segment(logs / "20260101T000000Z.jsonl", range(0, 61), 0.9, {"started": "2026-01-01T00:00:00+00:00",
+                                                                   "resumed_from_step": None}, validate=(0, 60))
+    _segment(logs / "20260102T000000Z.jsonl", range(0, 3), 0.1, {"started": "2026-01-02T00:00:00+00:00",
+                                                                  "resumed_from_step": None}, validate=(0, 2))
+    run = load_run("R", tmp_path / "run")
+    assert run.series["val-core/aime2024/acc/mean@32"] == {0: 0.1, 2: 0.1}
+    assert run.last_step == 2
+    (d,) = [d for d in run.diagnostics if d.kind == "new_series"]
+    assert "20260102T000000Z.jsonl started a new series" in d.message and "20260101T000000Z.jsonl" in d.message
+
+
+def test_training_metrics_lost_in_a_crash_after_a_checkpoint_are_a_gap(tmp_path):
+    # verl saves step 20's checkpoint, validates, then logs: killed in between, step 20 has only the resumed run's
+    # validation; its training metrics are lost and must be reported
+    logs = tmp_path / "run" / "logs"
+    _segment(logs / "1.jsonl", range(0, 20), 0.5)
+    write_jsonl(logs / "2.jsonl", [{"step": 20, "data": {"val-core/aime2024/acc/mean@32": 0.4}}]
+                + [{"step": s, "data": {"critic/score/mean": 0.5}} for s in range(21, 30)])
+    run = load_run("R", tmp_path / "run")
+    gaps = [d.message for d in run.diagnostics if d.kind == "gap"]
+    assert gaps == ["step 20 (1 in all) have no training metrics in any log segment"]
+    assert make_tables.main(["--run", f"R={tmp_path / 'run'}", "--step", "last", "--out", str(tmp_path / "o"),
+                             "--strict"]) == 1
+
+
+def test_without_matplotlib_nothing_is_written_and_the_error_says_why(runs, tmp_path, monkeypatch, capsys):
+    a, _, _ = runs
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    out = tmp_path / "report"
+    assert make_tables.main(["--run", str(a), "--out", str(out)]) == 2
+    assert "the figures need matplotlib" in capsys.readouterr().err and not out.exists()

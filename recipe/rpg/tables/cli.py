@@ -1,15 +1,15 @@
-#!/usr/bin/env python
-"""The paper's "Last / Best" table and training-curve figures from the logs of your runs.
+"""The paper's "Last / Best" table and training-curve figures from the logs of your runs (``scripts/make_tables.py``).
 
     python scripts/make_tables.py --run RPG-UFKL=runs/rpg_ufkl --run DAPO=runs/dapo --out report/
 
 PATH (of --run [LABEL=]PATH) is a run directory (<run_dir>/logs/*.jsonl: one verl file-logger JSONL per launch
-segment, merged by step, a later segment winning where steps overlap; <run_dir>/resolved_config.yaml), a single
+segment, ordered by content, a later segment taking over at its first step and a launch that resumed no
+checkpoint starting a new series; <run_dir>/resolved_config.yaml), a single
 JSONL file, or a TensorBoard event directory. Without LABEL= the run is named by trainer.experiment_name of its
 resolved config (else by its policy loss). Writes table.md, table.tex (booktabs), table.csv (one line per cell),
-curves.png and curves.pdf to --out. Everything odd in the logs (unparsable lines, gaps, overlapping segments,
+curves.png and curves.pdf to --out. Everything odd in the logs (unparsable lines, gaps, abandoned branches,
 NaN, missing evaluations) is printed and listed in table.md; cells without a number say why.
-Semantics of Last/Best and of the marks: rpg_ext/report.py.
+Semantics of Last/Best and of the marks: recipe/rpg/tables/report.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from rpg_ext.paper_results import PAPER_TABLES  # noqa: E402
-from rpg_ext.report import DEFAULT_BENCHMARKS, Options, ReportError, build_report, write_report  # noqa: E402
-from rpg_ext.runlogs import RunLogError, load_run  # noqa: E402
+from recipe.rpg.tables.paper_results import PAPER_TABLES
+from recipe.rpg.tables.report import DEFAULT_BENCHMARKS, Options, ReportError, build_report, write_report
+from recipe.rpg.tables.runlogs import RunLogError, load_run
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
@@ -101,6 +99,13 @@ def main(argv=None) -> int:
         print("make_tables.py: error: no run has any logged metric", file=sys.stderr)
         return 2
 
+    try:
+        import matplotlib  # noqa: F401  (the figures; checked before anything is written)
+    except ImportError as e:
+        print(f"make_tables.py: error: the figures need matplotlib, which this Python ({sys.executable}) lacks "
+              f"({e}); nothing was written. Use the project's environment (.venv/bin/python, set up by "
+              "`bash scripts/setup.sh`) or `pip install matplotlib`", file=sys.stderr)
+        return 2
     paths = write_report(report, args.out)
     for run in runs:
         steps = run.steps
@@ -115,7 +120,3 @@ def main(argv=None) -> int:
         print(f"{missing} table cell(s) have no number; table.md says why for each", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 1 if args.strict and report.diagnostics else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ Source: ``RPG.pdf`` pages 9, 28, 29 and 31, typed from ``pdftotext -layout`` and
 the marks the PDF prints (bold face NimbusRomNo9L-Medi; the short rules drawn under numbers); they agree with
 the ranks of the typed numbers everywhere except the one cell listed in ``PaperTable.known_issues``.
 
-Columns are named by our benchmark keys (verl data sources of ``scripts/prepare_data.py``):
+Columns are named by our benchmark keys (verl data sources of ``recipe/rpg/data.py``):
 ``aime2024``, ``aime2025``, ``amc23``, ``minerva``, ``olympiadbench``.
 """
 

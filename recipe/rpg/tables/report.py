@@ -1,4 +1,4 @@
-"""The paper's "Last / Best" tables and training-curve figures, from run logs (``rpg_ext.runlogs``).
+"""The paper's "Last / Best" tables and training-curve figures, from run logs (``recipe.rpg.tables.runlogs``).
 
 Table (one row per run, in the order given; two columns per benchmark):
 
@@ -33,8 +33,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rpg_ext.paper_results import BENCHMARK_TITLES, PAPER_TABLES, PaperTable
-from rpg_ext.runlogs import Diagnostic, RunLog, config_value, method_from_config, name_key, steps_phrase
+from recipe.rpg.tables.paper_results import BENCHMARK_TITLES, PAPER_TABLES, PaperTable
+from recipe.rpg.tables.runlogs import Diagnostic, RunLog, config_value, method_from_config, name_key, steps_phrase
 
 DEFAULT_BENCHMARKS = ("aime2024", "aime2025", "amc23", "minerva", "olympiadbench")
 #: verl 0.9.1 training metrics -> panel title.
@@ -428,7 +428,7 @@ def render_markdown(report: Report) -> str:
         out.append(f"| {run.label} | `{run.path}` | {run.source} | {len(run.segments)} | {span} | "
                    f"{f'`{run.config_path}`' if run.config_path else 'none'} |")
     out += ["", "## Log diagnostics", ""]
-    out += [f"- {d}" for d in report.diagnostics] or ["None: every log line was read, no gaps, overlaps or NaN."]
+    out += [f"- {d}" for d in report.diagnostics] or ["None: every log line was read, no gaps, abandoned branches or NaN."]
     out += ["", "## Figures", "",
             "`curves.png`, `curves.pdf`: one panel per benchmark column (Mean@n against step) and the training "
             "curves " + ", ".join(f"{t} (`{m}`)" for m, t in TRAINING_CURVES.items()) + "; one line per run.", ""]

@@ -2,7 +2,7 @@
 
 A run is read into ``{metric: {step: value}}`` (``RunLog.series``) plus a list of ``Diagnostic`` s that say
 what was odd about the logs. Nothing is dropped silently: every unparsable line, every non-numeric or
-non-finite value, every overlap, gap and backwards step is counted and reported with the run's label.
+non-finite value, every abandoned branch, gap and backwards step is counted and reported with the run's label.
 
 Accepted paths (``load_run``):
 
@@ -13,15 +13,19 @@ Accepted paths (``load_run``):
 - a TensorBoard event directory (``events.out.tfevents.*`` files, one per launch segment), e.g.
   ``<run_dir>/tensorboard``; a run directory without ``logs/*.jsonl`` is searched for event files.
 
-Segments are ordered by file name (the launchers name them by UTC timestamp; TensorBoard event files carry
-their creation time in the name) and merged by step: where two segments log the same metric at the same
-step, the later segment wins (a resumed run re-evaluates the checkpoint it restarts from).
+Segments are ordered by their own content (first step, then launch time: the launcher's ``<stamp>.launch.json``
+record, a TensorBoard file's creation time, else the file's time; never by file name) and merged by step. A later
+segment takes over at its first step: the earlier one's steps from there on are a branch the run abandoned and are
+dropped (a resumed run re-evaluates the checkpoint it restarts from). A launch whose record says it resumed no
+checkpoint starts a new series: the earlier segments are left out. Gaps are checked per kind of metric: training
+steps without training metrics, and (with the resolved config's ``trainer.test_freq``) missing validations.
 ``resolved_config.yaml`` is looked up in the path's directory, and in its parent when that directory is
 ``logs`` or ``tensorboard``.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -41,7 +45,7 @@ class RunLogError(ValueError):
 @dataclass(frozen=True)
 class Diagnostic:
     run: str
-    kind: str  # unparsable | empty | overlap | gap | repeated_step | backwards_step | non_finite | non_numeric | ...
+    kind: str  # unparsable | empty | abandoned | new_series | gap | repeated_step | backwards_step | non_finite | non_numeric | ...
     message: str
 
     def __str__(self) -> str:
@@ -225,27 +229,98 @@ def read_tensorboard_segment(run: str, path: Path, diagnostics: list[Diagnostic]
     return reader
 
 
-def _merge(run: str, readers: list[_SegmentReader], diagnostics: list[Diagnostic]) -> dict[str, dict[int, float]]:
+def launch_time(path: Path) -> float:
+    """When a segment's launch started: its launch record (``<stamp>.launch.json``, written by the launcher), the
+    creation time in a TensorBoard event file's name, else the file's modification time."""
+    record = launch_record(path)
+    if record and isinstance(record.get("started"), str):
+        try:
+            return datetime.datetime.fromisoformat(record["started"]).timestamp()
+        except ValueError:
+            pass
+    parts = path.name.split(".")  # events.out.tfevents.<unix time>.<host>...
+    if path.name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+        return float(parts[3])
+    return path.stat().st_mtime
+
+
+def launch_record(path: Path) -> dict | None:
+    """The launcher's record of the launch that wrote ``path`` (``resumed_from_step``: the checkpoint it resumed)."""
+    record = path.with_suffix(".launch.json")
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _order_and_cut(run: str, readers: list[_SegmentReader], diagnostics: list[Diagnostic]) -> list[_SegmentReader]:
+    """Segments in the order they ran (by their own content: first step, then launch time; not by file name), each
+    earlier one cut at the next one's first step: a resumed launch abandons what the earlier one logged from there
+    on. A launch that resumed no checkpoint (its launch record says so) starts a new series: earlier segments are
+    left out. Everything cut or left out is reported."""
+    readers = [r for r in readers if r.records] + [r for r in readers if not r.records]
+    readers.sort(key=lambda r: (min(r.records) if r.records else math.inf, launch_time(r.segment.path)))
+    start = 0
+    for i, reader in enumerate(readers[1:], 1):
+        record = launch_record(reader.segment.path)
+        if record is not None and record.get("resumed_from_step") is None and reader.records:
+            start = i
+    if start:
+        left_out = ", ".join(r.segment.path.name for r in readers[:start])
+        diagnostics.append(Diagnostic(run, "new_series", f"{readers[start].segment.path.name} started a new series "
+                                      f"(its launch resumed no checkpoint): earlier segments left out: {left_out}"))
+    readers = readers[start:]
+    for earlier, later in zip(readers, readers[1:]):
+        trained = [s for s, rec in later.records.items() if any(not is_validation_metric(k) for k in rec)]
+        if not later.records:
+            continue
+        # a resume re-validates its checkpoint's step c, then trains c+1...: the branch starts at its first training
+        first = min(trained or later.records)
+        cut = sorted(s for s in earlier.records if s >= first)
+        if cut:
+            diagnostics.append(Diagnostic(run, "abandoned", f"{earlier.segment.path.name}: {steps_phrase(cut)} "
+                                          f"dropped, a branch abandoned when {later.segment.path.name} took over at "
+                                          f"step {first}"))
+            for s in cut:
+                del earlier.records[s]
+        relogged = sorted(s for s in later.records if s in earlier.records)
+        if relogged:
+            replaced = sum(1 for s in relogged for k in later.records[s] if k in earlier.records[s])
+            diagnostics.append(Diagnostic(run, "overlap", f"{later.segment.path.name} re-logs {steps_phrase(relogged)} "
+                                          f"of {earlier.segment.path.name}; its values win ({replaced} metric values "
+                                          "replaced)"))
+    return readers
+
+
+def is_validation_metric(name: str) -> bool:
+    return name.startswith("val-")
+
+
+def _merge(run: str, readers: list[_SegmentReader], diagnostics: list[Diagnostic],
+           config: dict | None = None) -> dict[str, dict[int, float]]:
     series: dict[str, dict[int, float]] = {}
-    logged_steps: set[int] = set()
-    for reader in readers:
-        steps = set(reader.records)
-        overlap = steps & logged_steps
-        if overlap:
-            replaced = sum(1 for s in overlap for name in reader.records[s] if s in series.get(name, {}))
-            diagnostics.append(Diagnostic(
-                run, "overlap",
-                f"{reader.segment.path.name} re-logs {steps_phrase(overlap)} of earlier segments; "
-                f"its values win ({replaced} metric values replaced)"))
+    for reader in _order_and_cut(run, readers, diagnostics):
         for step, rec in reader.records.items():
             for name, value in rec.items():
                 series.setdefault(name, {})[step] = value
-        logged_steps |= steps
-    if logged_steps:
-        missing = sorted(set(range(min(logged_steps), max(logged_steps) + 1)) - logged_steps)
+    # gaps, per kind of metric: a step whose training metrics were lost is a gap even if it was validated
+    train = {s for name, values in series.items() if not is_validation_metric(name) for s in values}
+    if train:
+        missing = sorted(set(range(min(train), max(train) + 1)) - train)
         if missing:
-            diagnostics.append(Diagnostic(run, "gap", f"{steps_phrase(missing)} ({len(missing)} in all) "
-                                                      "not in any log segment"))
+            diagnostics.append(Diagnostic(run, "gap", f"{steps_phrase(missing)} ({len(missing)} in all) have no "
+                                                      "training metrics in any log segment"))
+    freq = config_value(config, "trainer.test_freq")
+    if train and isinstance(freq, int) and not isinstance(freq, bool) and freq > 0:
+        validated = {s for name, values in series.items() if is_validation_metric(name) for s in values}
+        expected = {s for s in range(min(train), max(train) + 1) if s % freq == 0}
+        missing = sorted(expected - validated)
+        if missing:
+            diagnostics.append(Diagnostic(run, "gap", f"validation (every {freq} steps, trainer.test_freq) missing at "
+                                                      f"{steps_phrase(missing)}"))
     return {name: dict(sorted(values.items())) for name, values in series.items()}
 
 
@@ -264,11 +339,7 @@ def _tensorboard_files(path: Path) -> list[Path]:
         raise RunLogError(f"{path}: TensorBoard event files in {len(dirs)} directories "
                           f"({', '.join(str(d) for d in dirs)}): pass one of them")
 
-    def key(p: Path):
-        parts = p.name.split(".")  # events.out.tfevents.<unix time>.<host>...
-        return (int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0, p.name)
-
-    return sorted(files, key=key)
+    return files
 
 
 def _segment_files(path: Path) -> tuple[str, list[Path]]:
@@ -313,7 +384,7 @@ def load_run(label: str | None, path: str | Path) -> RunLog:
     diagnostics: list[Diagnostic] = []
     read = read_jsonl_segment if source == "jsonl" else read_tensorboard_segment
     readers = [read(label, f, diagnostics) for f in files]
-    series = _merge(label, readers, diagnostics)
+    series = _merge(label, readers, diagnostics, config)
     if not series:
         diagnostics.append(Diagnostic(label, "empty", f"{path}: no metric values in {len(files)} log file(s)"))
     return RunLog(label, path, source, [r.segment for r in readers], series, config, config_path, diagnostics)
@@ -379,7 +450,7 @@ def derive_label(config: dict | None, path: Path, config_path: Path | None) -> s
 
 def paper_method_name(name: str) -> str | None:
     """The paper's spelling of a method name (``rpg_ufkl`` -> ``RPG-UFKL``), None when no paper table has it."""
-    from rpg_ext.paper_results import PAPER_TABLES
+    from recipe.rpg.tables.paper_results import PAPER_TABLES
 
     methods = {name_key(m): m for table in PAPER_TABLES.values() for m in table.rows}
     return methods.get(name_key(name))
