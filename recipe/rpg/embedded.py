@@ -1,16 +1,22 @@
-"""The embedded default of the CPU trainer: a tiny causal LM, its tokenizer and a verifiable task.
+"""The embedded default of the CPU run (``machine=cpu``): a tiny causal LM, its tokenizer and a verifiable task.
 
-Everything is built locally (no hub downloads), deterministically from :data:`SPEC`, on first use, and cached
-under ``$RPG_CPU_CACHE`` (default ``~/.cache/rpg-verl/cpu-task``) in a folder named by a hash of the spec and
-of this file's source, so a change to either builds a new one:
+``config/machine/cpu.yaml`` points verl at it through the resolver ``${rpg_embedded:model}`` (and ``train.parquet``,
+``val.parquet``), which names the task folder without building it.
 
-    <cache>/<key>/model               Hugging Face folder (``actor_rollout_ref.model.path``): a Qwen2 causal LM
+Everything is built locally (no hub downloads) from :data:`SPEC`. The repository ships the built task in
+``recipe/rpg/embedded_task/`` (``python -m recipe.rpg.embedded --ship`` rebuilds it), so a first run starts at
+once; when the spec or :data:`BUILD_VERSION` differs from the shipped copy's ``key``, :func:`ensure_task` builds the
+task on first use (about a minute and a half on 2 cores, with progress lines) into ``$RPG_CPU_CACHE`` (default
+``~/.cache/rpg-verl/cpu-task``), in a folder named by that key:
+
+    <folder>/model                    Hugging Face folder (``actor_rollout_ref.model.path``): a Qwen2 causal LM
                                       and a byte-level BPE tokenizer trained on the task's text, with a ChatML
                                       chat template (eos ``<|im_end|>``) so verl's RLHFDataset and agent loop
                                       render prompts exactly as for a Qwen model
-    <cache>/<key>/train.parquet       RL prompts in verl's RL parquet format
-    <cache>/<key>/val.parquet         held-out prompts (no problem text occurs in both files)
-    <cache>/<key>/warm_start.json     the warm start's record (steps, seconds, probe accuracies)
+    <folder>/train.parquet            RL prompts in verl's RL parquet format (SPEC.n_train of the training pool)
+    <folder>/val.parquet              held-out prompts (no problem text occurs in both files)
+    <folder>/warm_start.json          the warm start's record (steps, seconds, probe accuracies)
+    <folder>/key                      the spec's key (hash of SPEC and BUILD_VERSION)
 
 The task: one-digit additions told as a short story ("Kim has 7 cards and gets 5 more. How many cards does Kim
 have now?", 10 x 10 sums x 20 names x 10 objects), wrapped in the paper's prompt template, to be answered in the
@@ -31,7 +37,6 @@ RL from the verifiable reward raises it by teaching the format (and sharpening t
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import random
@@ -41,12 +46,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-#: The paper's prompt template (shared/data/README.md).
-PROMPT_TEMPLATE = (
-    "Solve the following math problem step by step. The last line of your response should be of the form "
-    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
-    'Remember to put your answer on its own line after "Answer:".'
-)
+from recipe.rpg.data import apply_template
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -61,6 +62,7 @@ class TaskSpec:
     seed: int = 1234
     max_operand: int = 9  # operands 0..max_operand
     n_val: int = 64
+    n_train: int = 3000  # RL training prompts (the warm start sees every non-held-out problem)
     data_source: str = "math_dapo"
     # tokenizer / model
     vocab_size: int = 384
@@ -126,7 +128,7 @@ def rl_rows(problems: list[dict], split: str, data_source: str) -> list[dict]:
         rows.append(
             {
                 "data_source": data_source,
-                "prompt": [{"role": "user", "content": PROMPT_TEMPLATE.format(problem=problem)}],
+                "prompt": [{"role": "user", "content": apply_template(problem)}],
                 "ability": "MATH",
                 "reward_model": {"ground_truth": str(p["answer"]), "style": "rule-lighteval/MATH_v2"},
                 "extra_info": {"index": i, "raw_problem": problem, "split": split},
@@ -135,9 +137,14 @@ def rl_rows(problems: list[dict], split: str, data_source: str) -> list[dict]:
     return rows
 
 
+#: Bumped whenever the builder's code changes what it builds (the spec's values are hashed themselves).
+BUILD_VERSION = 1
+#: The embedded task as built and shipped with the repository (``python -m recipe.rpg.embedded --ship``).
+SHIPPED = Path(__file__).resolve().parent / "embedded_task"
+
+
 def cache_key(spec: TaskSpec = SPEC) -> str:
-    h = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
-    h.update(inspect.getsource(inspect.getmodule(cache_key)).encode())
+    h = hashlib.sha256(json.dumps({"spec": asdict(spec), "build": BUILD_VERSION}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -193,16 +200,43 @@ def build_model(tokenizer, spec: TaskSpec):
     return model
 
 
-def ensure_task(spec: TaskSpec = SPEC) -> Path:
-    """Build (once) and return the cached task folder; see the module docstring for its layout."""
-    root = cache_root()
-    final = root / cache_key(spec)
+def task_dir(spec: TaskSpec = SPEC) -> Path:
+    """The task folder of ``spec``: the shipped one when it was built from ``spec``, else the cache's (which may not
+    be built yet)."""
+    if (SHIPPED / "done").is_file() and (SHIPPED / "key").read_text().strip() == cache_key(spec):
+        return SHIPPED
+    return cache_root() / cache_key(spec)
+
+
+#: The OmegaConf resolver of ``config/machine/cpu.yaml``: ``${rpg_embedded:model}`` -> ``<task folder>/model``.
+RESOLVER = "rpg_embedded"
+
+
+def register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver(RESOLVER, lambda part: str(task_dir() / part), replace=True)
+
+
+def announce_and_build() -> Path:
+    """The launcher's CPU hand-over: say what runs, and build the embedded task if it is not there yet."""
+    print("[launch] No GPU is visible: verl's real trainer runs on this CPU, on the embedded tiny model and task, "
+          "with the preset's algorithm (machine=cpu).", flush=True)
+    return ensure_task(log=lambda line: print(f"[launch] {line}", flush=True))
+
+
+def ensure_task(spec: TaskSpec = SPEC, log=None) -> Path:
+    """Build (once) and return the cached task folder; see the module docstring for its layout. ``log`` gets a
+    line per stage of a build (``print`` in the launcher)."""
+    final = task_dir(spec)
     if (final / "done").exists():
         return final
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        _build(spec, tmp)
+        _build(spec, tmp, log or (lambda line: None))
+        (tmp / "key").write_text(cache_key(spec) + "\n")
         (tmp / "done").write_text("ok\n")
         try:
             tmp.rename(final)
@@ -214,26 +248,30 @@ def ensure_task(spec: TaskSpec = SPEC) -> Path:
     return final
 
 
-def _build(spec: TaskSpec, out: Path) -> None:
+def _build(spec: TaskSpec, out: Path, log) -> None:
     import pandas as pd
 
+    log(f"building the embedded model and task once (cached in {out.parent}): tokenizer, model, warm start")
     train, val = make_problems(spec)
-    corpus = [PROMPT_TEMPLATE.format(problem=problem_text(p["a"], p["b"], p["name"], p["thing"])) for p in train + val]
+    corpus = [apply_template(problem_text(p["a"], p["b"], p["name"], p["thing"])) for p in train + val]
     corpus += [solution_text(a, b, line) for a in range(spec.max_operand + 1) for b in range(spec.max_operand + 1)
                for line in (True, False)]
     tokenizer = build_tokenizer(corpus, spec)
     model = build_model(tokenizer, spec)
-    record = warm_start(model, tokenizer, train, spec)
+    record = warm_start(model, tokenizer, train, spec, log)
     model_dir = out / "model"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" of a 600 kB model
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    pd.DataFrame(rl_rows(train, "train", spec.data_source)).to_parquet(out / "train.parquet")
+    pd.DataFrame(rl_rows(train[: spec.n_train], "train", spec.data_source)).to_parquet(out / "train.parquet")
     pd.DataFrame(rl_rows(val, "val", spec.data_source)).to_parquet(out / "val.parquet")
     (out / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _encode_prompt(tokenizer, p: dict) -> list[int]:
-    messages = [{"role": "user", "content": PROMPT_TEMPLATE.format(problem=problem_text(p["a"], p["b"], p["name"], p["thing"]))}]
+    messages = [{"role": "user", "content": apply_template(problem_text(p["a"], p["b"], p["name"], p["thing"]))}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
         "input_ids"])
 
@@ -243,7 +281,7 @@ def probe(model, tokenizer, problems: list[dict], seed: int, temperature: float)
     sum in any format (``sum_acc``) and the fraction answered exactly ``Answer: <sum>`` (``answer_line_acc``)."""
     import torch
 
-    from rpg_ext.cpu.hf_rollout import generate_batch
+    from rpg_ext.hf_rollout import generate_batch
 
     outputs = generate_batch(
         model, [_encode_prompt(tokenizer, p) for p in problems], [12] * len(problems), temperature=temperature,
@@ -258,7 +296,7 @@ def probe(model, tokenizer, problems: list[dict], seed: int, temperature: float)
     }
 
 
-def warm_start(model, tokenizer, train: list[dict], spec: TaskSpec) -> dict:
+def warm_start(model, tokenizer, train: list[dict], spec: TaskSpec, log=lambda line: None) -> dict:
     """Supervised pass over solved training problems (loss on the response tokens, eos included).
 
     A solution ends with the paper's answer line with probability ``answer_line_rate``, else with the answer as
@@ -299,16 +337,40 @@ def warm_start(model, tokenizer, train: list[dict], spec: TaskSpec) -> dict:
         if step % spec.warm_check_every == 0:
             model.eval()
             greedy = probe(model, tokenizer, probe_set, seed=0, temperature=0.0)
+            log(f"  warm start step {step}: greedy sum accuracy {greedy['sum_acc']:.2f} (stops at "
+                f"{spec.warm_target_sum_acc}), {time.time() - start:.0f} s")
             if greedy["sum_acc"] >= spec.warm_target_sum_acc:
                 break
     else:
         raise RuntimeError(
             f"warm start: after {spec.warm_max_steps} steps greedy decoding states the right sum on "
             f"{greedy['sum_acc']:.2f} of the probe, below the target {spec.warm_target_sum_acc}; the embedded task "
-            "cannot be built as specified (rpg_ext/cpu/task.py SPEC)"
+            "cannot be built as specified (recipe/rpg/embedded.py SPEC)"
         )
     model.eval()
     sampled = probe(model, tokenizer, probe_set, seed=1, temperature=1.0)
     return {"warm_steps": step, "final_loss": losses[-1], "seconds": round(time.time() - start, 1),
             "probe_greedy_sum_acc": greedy["sum_acc"], "probe_sampled_sum_acc": sampled["sum_acc"],
             "probe_sampled_answer_line_acc": sampled["answer_line_acc"]}
+
+
+def ship(spec: TaskSpec = SPEC) -> Path:
+    """Build the task into :data:`SHIPPED` (the repository's copy), replacing what is there."""
+    tmp_cache = Path(tempfile.mkdtemp(prefix="rpg-embedded-"))
+    os.environ["RPG_CPU_CACHE"] = str(tmp_cache)
+    try:
+        built = ensure_task(spec, log=print) if task_dir(spec) != SHIPPED else None
+        if built is not None:
+            shutil.rmtree(SHIPPED, ignore_errors=True)
+            shutil.copytree(built, SHIPPED)
+    finally:
+        shutil.rmtree(tmp_cache, ignore_errors=True)
+    return SHIPPED
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--ship"]:
+        sys.exit("usage: python -m recipe.rpg.embedded --ship   (build the embedded task into recipe/rpg/embedded_task)")
+    print(f"shipped: {ship()}")
