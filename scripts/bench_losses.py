@@ -10,14 +10,13 @@ Targets: time <= 1.25x vanilla, peak memory <= 1.5x vanilla.
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import torch
+import _python
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+_python.ensure("torch", "verl")
 
+import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from verl.trainer.ppo.core_algos import get_policy_loss_fn  # noqa: E402
 

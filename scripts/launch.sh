@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one launcher of the paper's experiments: sets up Python when needed, then runs recipe/rpg/launch.py, which
-# turns a few variables into the Hydra command of `python -m recipe.rpg.main_rpg` (dry run, run directory).
-#   METHOD=rpg_rkl CONTEXT=4k bash scripts/launch.sh [--dry-run] [--dump-config PATH] [--skip-data-check] [key=value ...]
-# The presets scripts/run_*.sh only set METHOD. Variables: see recipe/rpg/launch.py or the README.
+# The one launcher of the paper's experiments: finds (or sets up) the Python environment, then runs
+#   python -m recipe.rpg.launch [--dry-run] [--dump-config PATH] [--skip-data-check] [--verbose] [key=value ...]
+# Every key=value is a Hydra override of recipe/rpg/config/rpg_trainer.yaml (method=..., context=..., any verl key);
+# the short variables (MODEL, CONTEXT, STEPS, BETA, ...) are aliases for such overrides: recipe/rpg/launch.py ALIASES.
 # Python: $RPG_RUN_PYTHON if set; else the active virtualenv/conda env if it has rpg_ext and verl; else
 # scripts/setup.sh (idempotent) and ${RPG_VENV:-<repo>/.venv}/bin/python.
 set -euo pipefail
@@ -25,6 +25,5 @@ if [ -z "$py" ]; then
     py="${RPG_VENV:-$repo/.venv}/bin/python"
 fi
 
-export RPG_PRESET_SCRIPT="${RPG_PRESET_SCRIPT:-scripts/launch.sh}"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec "$py" -m recipe.rpg.launch "$@"

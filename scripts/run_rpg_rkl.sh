@@ -1,7 +1,4 @@
 #!/usr/bin/env bash
-# RPG-RKL (fully differentiable RPG loss rpg_rkl, Algorithm 1; paper Table 8, Qwen2.5-7B-Instruct).
-# Usage: bash scripts/run_rpg_rkl.sh [--dry-run] [--dump-config PATH] [--skip-data-check] [key=value ...]
-# Variables (CONTEXT=2k|4k|8k, MODEL, CLIP, BETA, LR, GPUS_PER_NODE, NNODES, BACKEND, ...): scripts/launch.sh.
-export METHOD=rpg_rkl
-export RPG_PRESET_SCRIPT="scripts/run_rpg_rkl.sh"
-exec bash "$(dirname "${BASH_SOURCE[0]}")/launch.sh" "$@"
+# RPG-RKL: fully differentiable RPG loss, reverse KL (Algorithm 1; paper Table 8).
+# Settings: recipe/rpg/config/method/rpg_rkl.yaml. Extra arguments: --dry-run, --dump-config PATH, key=value ...
+exec bash "$(dirname "${BASH_SOURCE[0]}")/launch.sh" method=rpg_rkl "$@"

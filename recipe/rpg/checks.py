@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,7 @@ class CheckedConfig:
     n_gpus: int
     data_files: dict[str, list[str]]
     data_checked: bool
+    pi_old: str = "recomputed by the actor (one forward pass per step)"
     not_checked: list[str] = field(default_factory=list)
 
 
@@ -56,19 +59,19 @@ def registered_policy_losses() -> list[str]:
     """Names in verl's policy-loss registry as a Ray worker sees them: ``import verl`` loads the ``verl.plugins``
     entry points, whose ``rpg`` entry is ``rpg_ext.plugin``.
 
-    The entry point must be installed, and the plugin module is imported here as verl imports it (a no-op when
+    The entry point must be installed and not disabled (``VERL_USE_EXTERNAL_PLUGINS``: the dry run itself imports the
+    plugin, the workers would not), and the plugin module is imported here as verl imports it (a no-op when
     ``import verl`` already did; needed when this process imported ``rpg_ext.config`` before verl, which makes
     verl's own plugin import fail on the half-initialized module and hide the error).
     """
-    from importlib.metadata import entry_points
-
     import verl  # noqa: F401  (loads verl.plugins entry points)
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
 
-    plugins = [ep.value for ep in entry_points(group="verl.plugins")]
-    if "rpg_ext.plugin" not in plugins:
-        _fail("the rpg_ext plugin is not installed as a 'verl.plugins' entry point, so Ray workers would not "
-              f"register the RPG losses (found: {plugins}); reinstall with `pip install -e .`")
+    from rpg_ext.check import plugin_disabled_reason
+
+    reason = plugin_disabled_reason()  # what verl's processes will load, whatever this process imported
+    if reason:
+        _fail(reason)
     try:
         import rpg_ext.plugin  # noqa: F401
     except Exception as e:
@@ -107,6 +110,134 @@ def _to_dataclass(node: DictConfig, section: str) -> Any:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         _fail(f"{section} is invalid: {type(cause).__name__}: {cause}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: Values of verl's keys that verl accepts but that reverse, stop or break training (key, rule, what it must be).
+VALUE_RULES = [
+    (f"{ACTOR}.optim.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    (f"{ACTOR}.optim.clip_grad", lambda v: _is_number(v) and v > 0,
+     "a finite number > 0 (torch's clip_grad_norm_ with a max norm <= 0 reverses or zeroes every update)"),
+    (f"{ACTOR}.optim.weight_decay", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    (f"{ACTOR}.optim.lr_warmup_steps", lambda v: v is None or (_is_int(v) and v >= -1),
+     "null or -1 (use lr_warmup_steps_ratio), or an integer >= 0"),
+    (f"{ACTOR}.ppo_epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("trainer.total_training_steps", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    ("trainer.resume_mode", lambda v: v in ("auto", "disable", "resume_path"), "one of auto, disable, resume_path"),
+    (f"{ROLLOUT}.val_kwargs.n", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (samples per held-out problem)"),
+    ("data.max_prompt_length", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (tokens)"),
+    ("data.max_response_length", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (tokens)"),
+]
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """verl's keys whose values verl passes through unchecked, and names that only fail after Ray starts."""
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+
+    for key, ok, what in VALUE_RULES:
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            _fail(f"{key} must be {what}, got {value!r}")
+    estimator = cfg.algorithm.adv_estimator
+    if estimator not in ADV_ESTIMATOR_REGISTRY:
+        _fail(f"unknown algorithm.adv_estimator={estimator!r}; verl's estimators: {', '.join(sorted(ADV_ESTIMATOR_REGISTRY))}")
+    rollouts = sorted({name for name, _ in _ROLLOUT_REGISTRY})
+    if cfg.actor_rollout_ref.rollout.name not in rollouts:
+        _fail(f"unknown {ROLLOUT}.name={cfg.actor_rollout_ref.rollout.name!r}; registered rollouts: {', '.join(rollouts)}")
+
+
+def _check_typed_keys(node: Any, path: str) -> None:
+    """Keys of a typed block (a node whose ``_target_`` is a dataclass) that its dataclass lacks: named here, before
+    instantiation turns them into a TypeError that names a class (``+algorithm.rpg.foo=1``)."""
+    if not OmegaConf.is_dict(node):
+        return
+    target = node.get("_target_")
+    if isinstance(target, str):
+        from hydra.utils import get_class
+
+        try:
+            fields = getattr(get_class(target), "__dataclass_fields__", None)
+        except Exception:  # not importable: verl's own conversion reports it
+            fields = None
+        if fields is not None:
+            unknown = sorted(k for k in node if k != "_target_" and k not in fields)
+            if unknown:
+                known = ", ".join(sorted(f for f in fields if not f.startswith("_")))
+                _fail(f"{path} has unknown key(s) {unknown} ({target}); known: {known}")
+    for key in node:
+        if OmegaConf.is_dict(node._get_node(key)):
+            _check_typed_keys(node[key], f"{path}.{key}")
+
+
+def _check_model(cfg: DictConfig, uses_critic: bool, launching: bool) -> list[str]:
+    """A model path must be a local Hugging Face folder or a hub name; when ``launching`` with ``HF_HUB_OFFLINE`` set, a
+    hub name must be in the local cache (the workers could not download it). Returns what could not be checked."""
+    unchecked = []
+    for key in [f"actor_rollout_ref.model.path"] + (["critic.model.path"] if uses_critic else []):
+        path = str(OmegaConf.select(cfg, key))
+        local = os.path.expanduser(path)
+        if "://" in path:
+            unchecked.append(f"{key}={path} (remote, copied by the workers)")
+        elif path.startswith(("/", ".", "~")) or os.path.exists(local):
+            if not os.path.isfile(os.path.join(local, "config.json")):
+                _fail(f"{key}={path!r}: " + ("no config.json in that folder" if os.path.isdir(local) else
+                                            "no such local folder") + " (a Hugging Face model folder, or a hub name "
+                      "such as Qwen/Qwen3-4B)")
+        elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path):
+            _fail(f"{key}={path!r} is neither a local folder nor a hub name of the form org/name")
+        elif launching and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+                _fail(f"{key}={path!r}: HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache")
+        else:
+            unchecked.append(f"{key}={path} (a hub name: downloaded by the workers)")
+    return unchecked
+
+
+def _check_rollout_backend(cfg: DictConfig) -> None:
+    """At a launch on a GPU host: verl's vLLM rollout needs vLLM; without it the launch stops here with the fix (the
+    hf rollout, ``ROLLOUT=hf``), and with ``rollout.name=hf`` it says so up front. Never a silent switch."""
+    from rpg_ext.rollouts import HF_ROLLOUT, vllm_rollout_check
+
+    name = cfg.actor_rollout_ref.rollout.name
+    if cfg.trainer.get("device") == "cpu" or name not in ("vllm", HF_ROLLOUT):
+        return
+    usable, message = vllm_rollout_check()
+    if name == "vllm" and message:
+        _fail(message)
+    if name == HF_ROLLOUT and message:
+        print("[launch] vLLM is not installed on this GPU host: the hf rollout generates (Hugging Face model on the "
+              "GPU, one process per replica; slower than vLLM)", flush=True)
+
+
+def _check_pi_old(cfg: DictConfig) -> str:
+    """Where pi_old comes from, and the combinations in which rollout log-probs cannot stand in for it."""
+    corr = cfg.algorithm.get("rollout_correction") or {}
+    if not corr.get("bypass_mode", False):
+        return "recomputed by the actor (one forward pass per step)"
+    key, rollout = "algorithm.rollout_correction", cfg.actor_rollout_ref.rollout
+    if not rollout.calculate_log_probs:
+        _fail(f"pi_old=rollout ({key}.bypass_mode=True) takes pi_old from the rollout's log-probs, but "
+              f"{ROLLOUT}.calculate_log_probs=False asks the rollout for none: set it True (pi_old=rollout does)")
+    for knob in ("rollout_is", "rollout_rs"):
+        if corr.get(knob):
+            _fail(f"{key}.{knob}={corr.get(knob)!r} needs pi_old recomputed by the actor (the weights / rejection compare "
+                  f"pi_old with pi_rollout); with pi_old=rollout ({key}.bypass_mode=True) verl's v1 trainer skips it, so "
+                  f"it would silently do nothing: use pi_old=recompute, or set {key}.{knob}=null")
+    if (rollout.top_p is not None and rollout.top_p < 1) or (rollout.top_k is not None and rollout.top_k > 0):
+        _fail(f"pi_old=rollout with {ROLLOUT}.top_p={rollout.top_p} / top_k={rollout.top_k}: the rollout's log-probs "
+              "are those of the filtered distribution it sampled from, the trainer's are not, so w would compare two "
+              "different distributions; use pi_old=recompute or unfiltered sampling (top_p=1, top_k=-1)")
+    return "rollout log-probs, no recompute (algorithm.rollout_correction.bypass_mode)"
 
 
 def _check_wiring(cfg: DictConfig) -> None:
@@ -223,52 +354,53 @@ def _check_data(files: dict[str, list[str]]) -> None:
                 )
 
 
-def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
-    """Run every pre-launch check on a composed config; raise :class:`ConfigError` on the first problem."""
+def check_config(cfg: DictConfig, check_data: bool = True, launching: bool = False) -> CheckedConfig:
+    """Run every pre-launch check on a composed config; raise :class:`ConfigError` on the first problem.
+    ``launching``: the run starts next (not a dry run): facts of this host that only a launch needs are checked too."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from rpg_ext.config import resolve_params
+    from rpg_ext.config import refuse_double_kl, resolve_params
     from rpg_ext.kl_penalty import check_kl_penalty_name
 
     _resolve(cfg)
     if not cfg.trainer.get("use_v1", False):
-        _fail("trainer.use_v1=False: the recipe runs verl's v1 trainer (set trainer.use_v1=True)")
+        _fail("trainer.use_v1=False: the recipe runs verl's v1 trainer (set trainer.use_v1=True); verl's legacy "
+              "trainer would also replace the policy loss with its own 'bypass_mode' loss under pi_old=rollout")
+    if cfg.trainer.v1.get("trainer_mode", "sync") != "sync":
+        _fail(f"trainer.v1.trainer_mode={cfg.trainer.v1.trainer_mode!r}: the recipe's trainer is verl's synchronous "
+              "v1 trainer (set trainer.v1.trainer_mode=sync)")
+    registered = registered_policy_losses()
+    _check_values(cfg)
+    _check_typed_keys(cfg.algorithm, "algorithm")
+    _check_typed_keys(cfg.actor_rollout_ref.actor.policy_loss, f"{ACTOR}.policy_loss")
+    algorithm = _to_dataclass(cfg.algorithm, "algorithm")  # validates algorithm.rpg before the wiring compares it
     _check_wiring(cfg)
-    check_policy_loss(cfg.algorithm.policy_loss, registered_policy_losses())
+    check_policy_loss(cfg.algorithm.policy_loss, registered)
     _check_optimizer(cfg)
-
-    algorithm = _to_dataclass(cfg.algorithm, "algorithm")
     actor = _to_dataclass(cfg.actor_rollout_ref.actor, ACTOR)
     rollout = _to_dataclass(cfg.actor_rollout_ref.rollout, ROLLOUT)
 
     loss = algorithm.policy_loss
     rpg = algorithm.rpg
+    uses_reference = bool(need_reference_policy(cfg)) or rpg.uses_reference_model  # verl's KL, or algorithm.rpg
     try:
         check_kl_penalty_name(actor.kl_loss_type, f"{ACTOR}.kl_loss_type")
+        if loss.startswith("rpg_"):
+            resolve_params(actor, loss)  # what the loss reads on every call, and refuse_double_kl
+        if rpg.kl.divergence:
+            refuse_double_kl(actor, f"algorithm.rpg.kl.divergence={rpg.kl.divergence}")
     except ValueError as e:
         _fail(str(e))
-    verl_uses_reference = bool(need_reference_policy(cfg))  # verl's KL loss / KL in reward
-    uses_reference = verl_uses_reference or rpg.uses_reference_model
-    if loss.startswith("rpg_"):
-        if actor.use_kl_loss:
-            _fail(f"algorithm.policy_loss={loss} already contains its KL term (beta * k, beta = algorithm.rpg.beta); "
-                  f"{ACTOR}.use_kl_loss=True would add verl's KL loss (and a reference model) on top: set it False")
+    pi_old = _check_pi_old(cfg)
+    if rollout.name == "hf":
+        from rpg_ext.hf_rollout import validate_rollout_config
+
         try:
-            resolve_params(actor, loss)  # the same validation the loss runs on every call
+            validate_rollout_config(rollout)
         except ValueError as e:
             _fail(str(e))
-        if verl_uses_reference:
-            _fail(f"algorithm.policy_loss={loss} carries its own KL, but the config adds verl's "
-                  f"({ACTOR}.use_kl_loss={actor.use_kl_loss}, algorithm.use_kl_in_reward={algorithm.use_kl_in_reward}): "
-                  "turn both off (a reference model for the RPG loss comes from algorithm.rpg.reference)")
-    if rpg.kl.divergence and actor.use_kl_loss:
-        _fail(f"algorithm.rpg.kl.divergence={rpg.kl.divergence} adds an RPG KL regularizer; {ACTOR}.use_kl_loss=True "
-              f"would add verl's KL loss ({actor.kl_loss_type}) too: set {ACTOR}.use_kl_loss=False")
     if rpg.uses_reference_model:
-        if cfg.trainer.v1.get("trainer_mode", "sync") != "sync":
-            _fail(f"algorithm.rpg.reference={rpg.reference} needs verl's synchronous v1 trainer "
-                  f"(trainer.v1.trainer_mode=sync), got {cfg.trainer.v1.trainer_mode!r}")
         lora = cfg.actor_rollout_ref.model.get("lora", {}) or {}
         if rpg.reference == "periodic" and (lora.get("rank", 0) or cfg.actor_rollout_ref.model.get("lora_rank", 0)):
             _fail("algorithm.rpg.reference=periodic cannot refresh a LoRA model's reference (the frozen base model); "
@@ -295,15 +427,17 @@ def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
     files = data_file_lists(cfg)
     if check_data:
         _check_data(files)
+    if launching:
+        _check_rollout_backend(cfg)
 
-    not_checked = []
+    not_checked = [f"the model {m}" for m in _check_model(cfg, uses_critic, launching)]
     if actor.strategy == "megatron":
         not_checked.append(
             "Megatron itself (megatron-core / mbridge import, the model's layer and head counts against "
             "TP/PP/CP): needs the megatron extra, checked when the workers start"
         )
-    not_checked.append("the model path and tokenizer (loaded by the workers; no download here), and that vLLM is "
-                       "installed (GPU hosts)")
+    if not launching:
+        not_checked.append("that vLLM is installed (checked when a launch starts on a GPU host)")
     return CheckedConfig(
         algorithm=algorithm,
         actor=actor,
@@ -313,5 +447,6 @@ def check_config(cfg: DictConfig, check_data: bool = True) -> CheckedConfig:
         n_gpus=n_gpus,
         data_files=files,
         data_checked=check_data,
+        pi_old=pi_old,
         not_checked=not_checked,
     )

@@ -1,15 +1,17 @@
 """The recipe's trainer: verl's synchronous v1 PPO trainer plus RPG's reference management and KL regularizer.
 
-With ``algorithm.rpg.reference=sampling`` (the paper's default) and no ``algorithm.rpg.kl``, this is verl's
-``PPOTrainerSync`` unchanged. Otherwise it
+It is verl's ``PPOTrainerSync`` with
 
-- loads a reference model (``fixed``: the initial model; ``periodic``: refreshed from the current policy) although
-  verl's own KL loss / KL-in-reward are off: verl only loads one for those (``need_reference_policy``);
-- installs ``rpg_ext.actor_loss.rpg_actor_loss`` on the actor workers (verl's ``set_loss_fn``), which hands the
-  batch's ``ref_log_prob`` to the RPG losses and adds the optional RPG KL regularizer;
-- for ``periodic``: after each step's actor update, asks ``rpg_ext.reference.ReferenceSchedule`` whether to refresh,
-  and if so copies the actor's weights into the reference model inside each worker (no disk round trip); the
-  schedule's state and, once refreshed, the reference weights are saved with every checkpoint and restored on resume.
+- the recipe's actor loss installed on the actor workers (verl's ``set_loss_fn``): ``rpg_ext.actor_loss.ActorLoss``,
+  verl's ``ppo_loss`` plus the batch's ``ref_log_prob`` handed to the RPG losses, the optional RPG KL regularizer and
+  the importance weight at the start of each step (``actor/rpg/step_start_iw_*``); with ``algorithm.rpg.reference=
+  sampling`` and no regularizer the loss is verl's ``ppo_loss`` unchanged;
+- a reference model (``fixed``: the initial model; ``periodic``: refreshed from the current policy) although verl's
+  own KL loss / KL-in-reward are off: verl only loads one for those (``need_reference_policy``);
+- for ``periodic``: after each step's actor update, ``rpg_ext.reference.ReferenceSchedule`` decides whether to
+  refresh, and the actor's weights are copied into the reference model inside each worker (no disk round trip); the
+  schedule's state and, once refreshed, the reference weights are saved with every checkpoint and restored on resume;
+- verl's replay buffer polling every 0.1 s instead of 2 s.
 
 verl picks its trainer class by ``trainer.v1.trainer_mode``, whose value ("sync") also selects verl's sync replay
 buffer and checkpoint behaviour. :class:`RPGTaskRunner` therefore runs verl's own TaskRunner with this class in
@@ -22,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-from functools import partial
 
 import ray
 import torch
@@ -35,13 +36,15 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.debug import marked_timer
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from rpg_ext.actor_loss import ActorLossSettings, rpg_actor_loss
+from rpg_ext.actor_loss import ActorLoss, ActorLossSettings
 from rpg_ext.config import RPGAlgorithmConfig
+from rpg_ext.hf_rollout import collect_rollout_metrics
 from rpg_ext.reference import KL_METRIC, ReferenceSchedule, copy_module_weights, load_shard_state, shard_state
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_DIR = "rpg_reference"  # inside global_step_N/: schedule.json and, once refreshed, the reference weights
+REFERENCE_DIR = "rpg_reference"
+REPLAY_POLL_INTERVAL_S = 0.1  # inside global_step_N/: schedule.json and, once refreshed, the reference weights
 
 
 def _modules(engine) -> list[torch.nn.Module]:
@@ -51,6 +54,12 @@ def _modules(engine) -> list[torch.nn.Module]:
 
 class RPGActorRolloutRefWorker(ActorRolloutRefWorker):
     """verl's actor/rollout/ref worker plus the reference refresh, save and load."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def mark_step_start(self) -> None:
+        """The next call of the recipe's actor loss is the step's first micro-batch (step-start metrics)."""
+        if isinstance(getattr(self.actor, "loss_fn", None), ActorLoss):
+            self.actor.loss_fn.new_step()
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def refresh_reference(self) -> int:
@@ -102,6 +111,15 @@ class RPGTrainer(PPOTrainerSync):
             kl_beta=self.rpg.kl.beta,
         )
 
+    def _build_replay_buffer(self):
+        # verl's sync replay buffer polls for finished groups every 2 s (a constructor default with no config key):
+        # up to 2 s lost per wait, several waits per step with DAPO's one-prompt-at-a-time refills. 0.1 s is plenty.
+        # Upstream fix that removes this: a trainer.v1.sampler.poll_interval key passed to ReplayBuffer.
+        replay_buffer = super()._build_replay_buffer()
+        if hasattr(replay_buffer, "poll_interval"):
+            replay_buffer.poll_interval = min(replay_buffer.poll_interval, REPLAY_POLL_INTERVAL_S)
+        return replay_buffer
+
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         roles = [r for r in (Role.ActorRollout, Role.ActorRolloutRef) if r in self.role_worker_mapping]
@@ -117,14 +135,23 @@ class RPGTrainer(PPOTrainerSync):
         super()._setup()
         if self.rpg.reference == "periodic" and self.ref_in_actor:
             raise ValueError("algorithm.rpg.reference=periodic cannot refresh a LoRA reference (the base model)")
-        if self.loss_settings.use_reference_model or self.loss_settings.kl_divergence:
-            if self.use_teacher_policy:
+        rpg_extras = self.loss_settings.use_reference_model or self.loss_settings.kl_divergence
+        if self.use_teacher_policy:  # verl's distillation loss stays; the RPG reference / regularizer cannot join it
+            if rpg_extras:
                 raise ValueError("the RPG reference / KL regularizer cannot be combined with verl's distillation loss")
-            actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-            self.actor_rollout_wg.set_loss_fn(partial(rpg_actor_loss, config=actor_config, settings=self.loss_settings))
+            return
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        self.actor_rollout_wg.set_loss_fn(ActorLoss(actor_config, self.loss_settings))
 
     def step(self, metrics: dict, timing_raw: dict):
+        if not self.use_teacher_policy:
+            self.actor_rollout_wg.mark_step_start()
+        # the hf rollout's own generation throughput (verl has no path from a rollout server to the step's metrics);
+        # the first call drops what validation generated
+        replicas = self.llm_server_manager.get_replicas() if self.config.actor_rollout_ref.rollout.name == "hf" else []
+        collect_rollout_metrics(replicas)
         batch = super().step(metrics, timing_raw)
+        metrics.update(collect_rollout_metrics(replicas))
         schedule = self.reference_schedule
         if schedule is not None:
             if schedule.observe(self.global_steps, metrics.get(KL_METRIC)):

@@ -11,12 +11,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from recipe.rpg import launch
+from recipe.rpg.main_rpg import compose
 from recipe.rpg.checks import ConfigError, check_config
 from rpg_ext import RPG_LOSS_NAMES
 from rpg_ext.config import RPGAlgoConfig, RPGAlgorithmConfig, RPGPolicyLossConfig
 
 PRESETS = {
-    # script -> METHOD
+    # script -> its method config (recipe/rpg/config/method/<METHOD>.yaml)
     "run_rpg_fkl.sh": "rpg_fkl",
     "run_rpg_rkl.sh": "rpg_rkl",
     "run_rpg_ufkl.sh": "rpg_ufkl",
@@ -142,14 +143,15 @@ def uses_reference(method: str) -> bool:
 def data_dir(tmp_path_factory):
     """A DATA_DIR with the default file names (the checks only require that they exist)."""
     d = tmp_path_factory.mktemp("data")
-    for name in (launch.DEFAULT_TRAIN_FILE, *launch.DEFAULT_VAL_FILES):
+    for name in ("dapo-math-17k-eng.parquet", "aime2024.parquet", "aime2025.parquet", "amc23.parquet"):
         (d / name).write_bytes(b"")
     return d
 
 
 def compose_preset(env: dict, overrides=()):
-    spec = launch.build_launch(env, list(overrides), timestamp="20260101T000000Z")
-    return spec, launch.compose(spec.config_name, spec.overrides)
+    """The launcher's one compose (as on a GPU host): the Launch (run paths) and its config."""
+    spec = launch.prepare(list(overrides), env, on_cpu=False)
+    return spec, spec.cfg
 
 
 def assert_values(cfg, expected: dict):
@@ -176,7 +178,6 @@ def test_every_preset_dry_runs_with_the_paper_values(script, context, backend, d
     assert_values(cfg, paper_values(method, context))
     # backend
     assert cfg.actor_rollout_ref.actor.strategy == backend
-    assert spec.config_name == {"fsdp": "rpg_trainer", "megatron": "rpg_megatron_trainer"}[backend]
     optim = cfg.actor_rollout_ref.actor.optim
     if backend == "fsdp":  # torch AdamW, constant after warm-up
         assert (optim.optimizer_impl, optim.optimizer, optim.lr_scheduler_type) == ("torch.optim", "AdamW", "constant")
@@ -189,10 +190,13 @@ def test_every_preset_dry_runs_with_the_paper_values(script, context, backend, d
     assert isinstance(checked.algorithm, RPGAlgoConfig)
     assert isinstance(checked.actor.policy_loss, RPGPolicyLossConfig)
     assert checked.actor.policy_loss.loss_mode == checked.algorithm.policy_loss
-    # the run directory convention
-    assert spec.log_file == f"{spec.run_dir}/logs/20260101T000000Z.jsonl"
-    assert cfg.trainer.default_local_dir == f"{spec.run_dir}/checkpoints"
-    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH == spec.log_file
+    # the run directory convention: named from the resolved config, one log per launch
+    assert spec.run_dir.name == cfg.trainer.experiment_name
+    assert spec.run_dir.name.startswith(method + ("" if method.startswith("rpg_") else "-vanilla"))
+    assert spec.run_dir.name.endswith(f"qwen3-4b-{context}" + ("-megatron" if backend == "megatron" else ""))
+    assert spec.log_path.parent == spec.run_dir / "logs" and spec.log_path.suffix == ".jsonl"
+    assert cfg.trainer.default_local_dir == str(spec.run_dir / "checkpoints")
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH == str(spec.log_path)
     assert list(cfg.trainer.logger) == ["console", "file"]
     assert list(cfg.data.val_files) == [str(data_dir / f) for f in ("aime2024.parquet", "aime2025.parquet",
                                                                     "amc23.parquet")]
@@ -206,7 +210,7 @@ def test_algorithm_policy_loss_is_what_the_actor_uses(name):
 
     import rpg_ext.losses
 
-    cfg = launch.compose("rpg_trainer", [f"algorithm.policy_loss={name}", "algorithm.rpg.beta=0.003"])
+    cfg, _ = compose("rpg_trainer", [f"algorithm.policy_loss={name}", "algorithm.rpg.beta=0.003"])
     checked = check_config(cfg, check_data=False)
     actor = checked.actor
     assert actor.policy_loss.loss_mode == name
@@ -220,7 +224,7 @@ def test_algorithm_policy_loss_is_what_the_actor_uses(name):
 
 
 def test_a_verl_builtin_loss_is_selected_the_same_way():
-    cfg = launch.compose("rpg_trainer", ["algorithm.policy_loss=gspo"])
+    cfg, _ = compose("rpg_trainer", ["algorithm.policy_loss=gspo"])
     checked = check_config(cfg, check_data=False)
     assert checked.actor.policy_loss.loss_mode == "gspo"
 
@@ -235,10 +239,10 @@ def test_launcher_variables_reach_the_config(data_dir, tmp_path):
     env = {
         "METHOD": "rpg_reinforce_urkl", "MODEL": "Qwen/Qwen2.5-7B-Instruct", "CONTEXT": "4k", "BETA": "1e-3",
         "RPG_CLIP": "truncate", "LR": "3e-7", "STEPS": "7", "GPUS_PER_NODE": "4", "NNODES": "2", "ROLLOUT_TP": "1",
-        "CLIP": "0.1,0.1", "CLIP_C": "5", "LOGGERS": "tensorboard,wandb", "RUN_DIR": str(tmp_path / "run"),
+        "CLIP": "0.1,0.1", "CLIP_C": "5", "RUN_DIR": str(tmp_path / "run"),
         "DATA_DIR": str(data_dir), "EXP_NAME": "my exp", "PROJECT": "p",
     }
-    spec, cfg = compose_preset(env, ["trainer.save_freq=5"])
+    spec, cfg = compose_preset(env, ["trainer.save_freq=5", "trainer.logger=[console,tensorboard,wandb]"])
     checked = check_config(cfg)
     assert_values(cfg, {
         "actor_rollout_ref.model.path": "Qwen/Qwen2.5-7B-Instruct",
@@ -259,8 +263,8 @@ def test_launcher_variables_reach_the_config(data_dir, tmp_path):
         "trainer.save_freq": 5,
         "ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR": str(tmp_path / "run" / "tensorboard"),
     })
-    assert list(cfg.trainer.logger) == ["console", "file", "tensorboard", "wandb"]
-    assert checked.n_gpus == 8 and spec.run_dir == str(tmp_path / "run")
+    assert list(cfg.trainer.logger) == ["console", "tensorboard", "wandb", "file"]  # file: the launcher adds it
+    assert checked.n_gpus == 8 and spec.run_dir == tmp_path / "run"
 
 
 def test_typed_algorithm_block():
@@ -279,7 +283,7 @@ def test_typed_algorithm_block():
 ERRORS = [
     # (variables, overrides, message the user must see)
     ({}, ["algorithm.policy_loss=rpg_kl"], "unknown algorithm.policy_loss='rpg_kl'; registered policy losses: "),
-    ({"BETA": "-0.1"}, [], "algorithm.rpg.beta must be a finite float >= 0"),
+    ({"BETA": "-0.1"}, [], "algorithm.rpg.beta must be a finite number >= 0"),
     ({"RPG_CLIP": "truncate"}, [], "algorithm.rpg.clip='truncate'"),
     ({}, ["algorithm.rpg.clip=both"], "algorithm.rpg.clip must be one of"),
     ({"CLIP_C": "0.9"}, [], "clip_ratio_c (dual-clip bound c) must be > 1"),
@@ -291,10 +295,31 @@ ERRORS = [
     ({}, ["algorithm.use_kl_in_reward=True"], "use_kl_in_reward=True would add verl's KL penalty"),
     ({}, ["actor_rollout_ref.actor.policy_loss.loss_mode=rpg_fkl"], "disagrees with algorithm.policy_loss='rpg_rkl'"),
     ({}, ["actor_rollout_ref.actor.ppo_max_token_len_per_gpu=8000"], "is below one full sequence"),
-    ({"OPTIM": "schedulefree"}, [], "OPTIM=schedulefree is refused"),
     ({}, ["actor_rollout_ref.actor.optim.optimizer_impl=schedulefree"], "is refused: schedule-free optimizers"),
-    ({"CONTEXT": "16k"}, [], "CONTEXT='16k'"),
-    ({"METHOD": "ppo"}, [], "METHOD='ppo' is not a preset"),
+    ({"CONTEXT": "16k"}, [], "Could not find 'context/16k'"),
+    ({"METHOD": "ppo"}, [], "Could not find 'method/ppo'"),
+    ({"CLIP": "0.2"}, [], "CLIP='0.2' needs 2 comma-separated values"),
+    # values verl passes through that reverse, stop or break training, refused before Ray naming the key
+    ({}, ["actor_rollout_ref.actor.optim.clip_grad=-1"], "actor_rollout_ref.actor.optim.clip_grad must be a finite number > 0"),
+    ({}, ["actor_rollout_ref.actor.optim.lr=nan"], "actor_rollout_ref.actor.optim.lr must be a finite number > 0, got nan"),
+    ({"LR": "-1e-6"}, [], "actor_rollout_ref.actor.optim.lr must be a finite number > 0, got -1e-06"),
+    ({"LR": "fast"}, [], "actor_rollout_ref.actor.optim.lr must be a finite number > 0, got 'fast'"),
+    ({}, ["actor_rollout_ref.actor.optim.weight_decay=-0.1"], "optim.weight_decay must be a finite number >= 0"),
+    ({}, ["actor_rollout_ref.actor.optim.lr_warmup_steps=-5"], "optim.lr_warmup_steps must be null or -1"),
+    ({}, ["actor_rollout_ref.actor.ppo_epochs=0"], "actor_rollout_ref.actor.ppo_epochs must be an integer >= 1"),
+    ({"STEPS": "0"}, [], "trainer.total_training_steps must be null or an integer >= 1, got 0"),
+    ({}, ["trainer.resume_mode=sometimes"], "trainer.resume_mode must be one of auto, disable, resume_path"),
+    ({}, ["actor_rollout_ref.rollout.val_kwargs.n=0"], "actor_rollout_ref.rollout.val_kwargs.n must be an integer >= 1"),
+    ({}, ["algorithm.adv_estimator=grpo2"], "unknown algorithm.adv_estimator='grpo2'; verl's estimators:"),
+    ({}, ["actor_rollout_ref.rollout.name=vllm2"], "unknown actor_rollout_ref.rollout.name='vllm2'; registered rollouts:"),
+    ({}, ["data.max_response_length=-1"], "data.max_response_length must be an integer >= 1 (tokens), got -1"),
+    ({}, ["data.max_prompt_length=abc"], "data.max_prompt_length must be an integer >= 1 (tokens), got 'abc'"),
+    # weak messages made exact
+    ({"BETA": "nan"}, [], "algorithm.rpg.beta must be a finite number >= 0 (a KL strength), got nan"),
+    ({}, ["+algorithm.rpg.foo=1"], "algorithm.rpg has unknown key(s) ['foo'] (rpg_ext.config.RPGAlgorithmConfig)"),
+    ({"MODEL": "/nowhere/model"}, [], "actor_rollout_ref.model.path='/nowhere/model': no such local folder"),
+    ({"MODEL": "not a model"}, [], "is neither a local folder nor a hub name of the form org/name"),
+    ({"BACKEND": "jax"}, [], "BACKEND='jax'"),
 ]
 
 
@@ -305,6 +330,15 @@ def test_errors_exit_nonzero_with_a_clear_message(variables, overrides, message,
     err = capsys.readouterr().err
     assert rc == 2
     assert message in err
+
+
+def test_an_uncached_hub_model_is_refused_offline_before_a_launch(data_dir, monkeypatch):
+    # HF_HUB_OFFLINE: the workers could not download the model; a launch (not a dry run) says so before Ray
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, cfg = compose_preset({"METHOD": "rpg_rkl", "DATA_DIR": str(data_dir), "MODEL": "nobody/no-such-model"})
+    check_config(cfg, check_data=True)  # the dry run: not checked, and said so
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache"):
+        check_config(cfg, check_data=True, launching=True)
 
 
 def test_unknown_policy_loss_lists_the_registered_names(data_dir, capsys):
@@ -326,3 +360,31 @@ def test_check_config_rejects_a_missing_val_file(data_dir):
                              "VAL_FILES": f"{data_dir}/aime2024.parquet,{data_dir}/nope.parquet"})
     with pytest.raises(ConfigError, match="data.val_files contains .*nope.parquet"):
         check_config(cfg)
+
+
+def test_a_gpu_host_without_vllm_stops_before_ray_or_says_it_uses_hf(data_dir, monkeypatch, capsys):
+    # a launch (not a dry run) on a GPU host whose vLLM does not import: the vllm rollout is refused with the fix,
+    # the hf rollout runs and the launch says so up front; no silent switch either way
+    import rpg_ext.rollouts
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(rpg_ext.rollouts, "vllm_rollout_check", lambda: (False, "vLLM does not import here: use ROLLOUT=hf"))
+    _, cfg = compose_preset({"METHOD": "rpg_rkl", "DATA_DIR": str(data_dir)})
+    with pytest.raises(ConfigError, match="vLLM does not import here: use ROLLOUT=hf"):
+        check_config(cfg, check_data=True, launching=True)
+    check_config(cfg, check_data=True)  # the dry run on a laptop does not check it, and says so
+    _, cfg = compose_preset({"METHOD": "rpg_rkl", "DATA_DIR": str(data_dir), "ROLLOUT": "hf"},
+                            ["actor_rollout_ref.rollout.tensor_model_parallel_size=1"])
+    check_config(cfg, check_data=True, launching=True)
+    assert "vLLM is not installed on this GPU host: the hf rollout generates" in capsys.readouterr().out
+
+
+def test_a_plugin_disabled_for_verls_processes_fails_the_dry_run(data_dir, monkeypatch):
+    # the dry run imports the plugin itself; verl's processes load only what VERL_USE_EXTERNAL_PLUGINS allows
+    for policy in ("none", "some_other_plugin"):
+        monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", policy)
+        _, cfg = compose_preset({"METHOD": "rpg_rkl", "DATA_DIR": str(data_dir)})
+        with pytest.raises(ConfigError, match=f"VERL_USE_EXTERNAL_PLUGINS='{policy}' keeps verl from loading the rpg"):
+            check_config(cfg)
+    monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", "rpg")
+    check_config(compose_preset({"METHOD": "rpg_rkl", "DATA_DIR": str(data_dir)})[1])

@@ -1,0 +1,151 @@
+"""A launch's run in a child process: its full output in the run directory, one progress line per step here.
+
+``<run_dir>/logs/<stamp>.out`` gets everything verl, Ray and the workers print; the terminal gets a line per training
+step read from verl's file logger (``<stamp>.jsonl``), and on a failure the end of the output. ``<stamp>.launch.json``
+records the launch: whether it resumed a checkpoint (only then ``make_tables`` merges it with the earlier segments).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def utc_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def resume_step(cfg) -> int | None:
+    """The checkpoint step verl's trainer will resume from (``trainer.resume_mode`` auto / resume_path), or None."""
+    t = cfg.trainer
+    if t.resume_mode == "resume_path" and t.get("resume_from_path"):
+        name = os.path.basename(os.path.normpath(str(t.resume_from_path)))
+        return int(name.rsplit("_", 1)[1]) if name.startswith("global_step_") else None
+    marker = Path(str(t.default_local_dir)) / "latest_checkpointed_iteration.txt"
+    if t.resume_mode == "auto" and marker.is_file():
+        text = marker.read_text().strip()
+        return int(text) if text.isdigit() and int(text) > 0 else None
+    return None
+
+
+def write_launch_record(log_path: Path, cfg, argv: list[str]) -> dict:
+    record = {"log": log_path.name, "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "resumed_from_step": resume_step(cfg), "command": argv}
+    log_path.with_suffix(".launch.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def progress_line(step: int, data: dict, total) -> str | None:
+    """One line per logged step: the training step's score, KL and time; a validation's held-out accuracy."""
+    val = sorted(k for k in data if k.startswith("val-core/") and "/acc/mean@" in k)
+    parts = [f"step {step:>4}/{total}"]
+    if "critic/score/mean" in data:
+        parts.append(f"score {data['critic/score/mean']:+.3f}")
+    for key in ("actor/rpg/kl", "actor/pg_loss"):
+        if isinstance(data.get(key), int | float):
+            parts.append(f"{key.rsplit('/', 1)[1]} {data[key]:.3g}")
+            break
+    parts += [f"held-out {k.split('/')[1]} {data[k]:.3f}" for k in val if isinstance(data[k], int | float)]
+    if isinstance(data.get("timing_s/step"), int | float):
+        parts.append(f"{data['timing_s/step']:.1f} s")
+    return "  ".join(parts) if len(parts) > 1 else None
+
+
+class Follower:
+    """Reads the new complete lines of a growing JSONL file."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def records(self):
+        if not self.path.is_file():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("data"), dict):
+                yield row["step"], row["data"]
+
+
+def run_and_follow(resolved: Path, log_path: Path, env: dict, total_steps, verbose: bool = False) -> int:
+    """Run ``python -m recipe.rpg.main_rpg --resolved <resolved>``; print progress from ``log_path``; the exit status."""
+    out_path = log_path.with_suffix(".out")
+    cmd = [sys.executable, "-m", "recipe.rpg.main_rpg", "--resolved", str(resolved)]
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=None if verbose else out,
+                                stderr=None if verbose else subprocess.STDOUT, start_new_session=True)
+        follower, start = Follower(log_path), time.time()
+        print(f"[launch] training (full output: {out_path})", flush=True)
+        try:
+            while True:
+                done = proc.poll() is not None
+                for step, data in follower.records():
+                    line = progress_line(step, data, total_steps)
+                    if line:
+                        print(f"[launch] {line}", flush=True)
+                if done:
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            print(f"[launch] interrupted; output so far in {out_path}", file=sys.stderr)
+            return 130
+    rc = proc.returncode
+    if rc != 0 and not verbose:
+        tail = out_path.read_text(errors="replace").splitlines()[-40:]
+        print("\n".join(["[launch] the run failed (exit %d); the end of its output:" % rc, *tail,
+                         f"[launch] full output: {out_path}"]), file=sys.stderr)
+    else:
+        print(f"[launch] run finished in {time.time() - start:.0f} s (exit {rc})", flush=True)
+    return rc
+
+
+def start(launch, argv: list[str], on_cpu: bool, verbose: bool = False) -> int:
+    """Write the run directory (resolved config, launch record), run the child, and on the embedded CPU run make the
+    table and figures of the run and say what the real run needs. Returns the exit status."""
+    from omegaconf import OmegaConf
+
+    from recipe.rpg.summary import real_run_needs
+
+    cfg, run_dir = launch.cfg, launch.run_dir
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "resolved_config.yaml", resolve=True)
+    record = write_launch_record(launch.log_path, cfg, argv)
+    resumed = record["resumed_from_step"]
+    print(f"[launch] run dir {run_dir}" + (f"; resuming from step {resumed}" if resumed else ""), flush=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # TransferQueue's default of 8 threads warns (once per call, hundreds of times) where there are fewer cores
+    env.setdefault("TQ_NUM_THREADS", str(min(8, psutil.cpu_count(logical=False) or 1)))
+    rc = run_and_follow(run_dir / "resolved_config.yaml", launch.log_path, env, cfg.trainer.total_training_steps,
+                        verbose)
+    if rc != 0 and (not launch.log_path.is_file() or launch.log_path.stat().st_size == 0):
+        # a run that logged nothing leaves no empty segment behind (make_tables would report it for ever)
+        for leftover in (launch.log_path, launch.log_path.with_suffix(".launch.json")):
+            leftover.unlink(missing_ok=True)
+        print(f"[launch] the run logged no step: removed its empty log {launch.log_path.name}", file=sys.stderr)
+    if rc == 0 and on_cpu:
+        from recipe.rpg.tables.cli import main as make_tables
+
+        rc = make_tables(["--run", str(run_dir), "--step", "last", "--out", str(run_dir / "report")])
+        preset = REPO / "scripts" / f"run_{launch.method}.sh"
+        command = f"bash scripts/{preset.name}" if preset.is_file() else f"bash scripts/launch.sh method={launch.method}"
+        print(f"[launch] table and figures in {run_dir / 'report'}\n" + real_run_needs(command), flush=True)
+    return rc
