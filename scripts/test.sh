@@ -4,4 +4,6 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo/scripts/setup.sh"
 cd "$repo"
-exec "${RPG_VENV:-$repo/.venv}/bin/python" -m pytest tests "$@"
+# every core (pytest-xdist); a module's tests share one worker, so a module-scoped fixture (the shared trainer runs)
+# runs once (--dist loadfile: loadgroup's xdist_group marks are ignored under pytest 9)
+exec "${RPG_VENV:-$repo/.venv}/bin/python" -m pytest tests -n auto --dist loadfile "$@"

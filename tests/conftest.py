@@ -1,4 +1,5 @@
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -17,3 +18,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture
+def fake_gpu_path(tmp_path) -> str:
+    """A PATH on which `nvidia-smi` exists and succeeds: what verl and rpg_ext see on a GPU host."""
+    smi = tmp_path / "fake-gpu-bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (fake)'\nexit 0\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
+    return f"{smi.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real trainer runs (marked slow) first: with several workers (scripts/test.sh runs ``-n auto``) they overlap
+    the rest of the suite instead of trailing it."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -138,18 +137,10 @@ def test_dump_config_never_launches(tmp_path, monkeypatch, no_run, gpu, capsys):
     assert OmegaConf.load(dump).trainer.device == "cuda" and no_run == []
 
 
-def fake_gpu_path(tmp_path: Path) -> str:
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (fake)'\nexit 0\n")
-    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
-    return f"{smi.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
-def test_on_a_gpu_host_the_launch_is_the_cluster_run(tmp_path):
+def test_on_a_gpu_host_the_launch_is_the_cluster_run(tmp_path, fake_gpu_path):
     # a visible GPU (a working nvidia-smi): no CPU hand-over, the config is the preset's own
     dump = tmp_path / "cfg.yaml"
-    env = dict(os.environ, PATH=fake_gpu_path(tmp_path), RPG_RUN_PYTHON=sys.executable)
+    env = dict(os.environ, PATH=fake_gpu_path, RPG_RUN_PYTHON=sys.executable)
     env.pop("VERL_PLATFORM", None)
     proc = subprocess.run(["bash", "scripts/run_rpg_rkl.sh", "--dump-config", str(dump)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -190,3 +181,13 @@ def test_a_run_that_logged_nothing_leaves_no_empty_log(tmp_path, monkeypatch, no
     run_dir = tmp_path / "run"
     assert launch.main(["method=dapo"], env={"DATA_DIR": str(data_dir), "RUN_DIR": str(run_dir)}) == 137
     assert list((run_dir / "logs").iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dryrun"], "unknown argument '--dryrun'"),
+    (["--dump-config"], "--dump-config needs a path"),
+    (["method=dapo", "trainer.n_gpus_per_nod=8", "--dry-run"], "unknown config key 'trainer.n_gpus_per_nod'"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
+    assert launch.main(argv, env={}) == 2
+    assert message in capsys.readouterr().err

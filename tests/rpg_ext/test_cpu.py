@@ -2,7 +2,6 @@
 (simulated GPU host, broken plugin). The hf rollout's own tests are in test_hf_rollout.py."""
 
 import os
-import stat
 import subprocess
 import sys
 import textwrap
@@ -48,16 +47,6 @@ def _env(**extra):
     return env
 
 
-@pytest.fixture
-def fake_gpu_path(tmp_path):
-    """A PATH on which `nvidia-smi` exists and succeeds: what verl and rpg_ext see on a GPU host."""
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (fake)'\nexit 0\n")
-    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
-    return f"{smi.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
 def _probe(env):
     import json
 
@@ -74,9 +63,10 @@ def test_cpu_platform_is_not_selected_on_a_gpu_host(fake_gpu_path):
     assert info["detected_with_cpu_registered"] == "nvidia"
 
 
-def test_cpu_platform_is_inert_unless_requested_and_active_when_requested():
-    info = _probe(_env())
-    assert not info["active"] and not info["registered"] and not info["patched"]
+def test_cpu_platform_is_inert_unless_requested_and_active_when_requested(fresh_import_verl):
+    info = fresh_import_verl
+    assert not info["cpu_active"] and not info["cpu_registered"] and not info["cpu_patched"]
+    assert info["detected_with_cpu_registered"] != "cpu"
     info = _probe(_env(VERL_PLATFORM="cpu"))
     assert info["device"] == "cpu" and info["active"] and info["registered"] and info["patched"]
 

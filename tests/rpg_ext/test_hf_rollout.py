@@ -428,29 +428,12 @@ def _fresh(code, **env_extra):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_plain_import_verl_registers_the_hf_rollout_lazily_on_a_non_cpu_platform():
-    info = _fresh(
-        """
-        import json, sys
-        import verl
-        lazy = {m: m in sys.modules for m in ("verl.workers.rollout", "verl.workers.rollout.base",
-                                              "verl.workers.rollout.replica", "rpg_ext.hf_rollout")}
-        from verl.plugin.platform import PlatformRegistry, get_platform
-        from verl.workers.rollout.base import _ROLLOUT_REGISTRY, get_rollout_class
-        from verl.workers.rollout.replica import get_rollout_replica_class
-        table = _ROLLOUT_REGISTRY.get(("hf", "async"))
-        replica, adapter = get_rollout_replica_class("hf"), get_rollout_class("hf", "async")
-        print(json.dumps({"imported_by_import_verl": lazy, "table": table,
-                          "replica": replica.__module__ + "." + replica.__name__,
-                          "adapter": adapter.__module__ + "." + adapter.__name__,
-                          "device": get_platform().device_name,
-                          "cpu_registered": "cpu" in PlatformRegistry.registered_names()}))
-        """
-    )
+def test_plain_import_verl_registers_the_hf_rollout_lazily_on_a_non_cpu_platform(fresh_import_verl):
+    info = fresh_import_verl
     assert not any(info["imported_by_import_verl"].values()), info  # nothing Ray/rollout-heavy at import verl
-    assert info["table"] == "rpg_ext.hf_rollout.HFServerAdapter"
-    assert info["replica"] == "rpg_ext.hf_rollout.HFReplica"
-    assert info["adapter"] == "rpg_ext.hf_rollout.HFServerAdapter"
+    assert info["hf_table"] == "rpg_ext.hf_rollout.HFServerAdapter"
+    assert info["hf_replica"] == "rpg_ext.hf_rollout.HFReplica"
+    assert info["hf_adapter"] == "rpg_ext.hf_rollout.HFServerAdapter"
     assert info["device"] == "cuda" and not info["cpu_registered"]  # verl's own platform, not rpg_ext.cpu
 
 

@@ -68,13 +68,9 @@ def test_megatron_grpo_with_appendix_h_clip(tmp_path):
 
 
 def test_launcher_errors_exit_nonzero():
+    # through bash, as typed: exit status 2 and the message on stderr (every other message is checked in-process in
+    # tests/recipe/test_config.py and tests/recipe/test_launch.py)
     proc = run(["bash", "scripts/run_rpg_reinforce_urkl.sh", "--dry-run", "--skip-data-check",
                 "algorithm.policy_loss=rpg_reinforce_xkl"])
     assert proc.returncode == 2
     assert "unknown algorithm.policy_loss='rpg_reinforce_xkl'; registered policy losses:" in proc.stderr
-    proc = run(["bash", "scripts/run_dapo.sh", "--dry-run", "--skip-data-check", "trainer.n_gpus_per_nod=8"])
-    assert proc.returncode == 2 and "unknown config key 'trainer.n_gpus_per_nod'" in proc.stderr
-    proc = run(["bash", "scripts/run_dapo.sh", "--dryrun"])
-    assert proc.returncode == 2 and "unknown argument '--dryrun'" in proc.stderr
-    proc = run(["bash", "scripts/run_dapo.sh", "--dry-run", "--skip-data-check"], {"CONTEXT": "16k"})
-    assert proc.returncode == 2 and "Could not find 'context/16k'" in proc.stderr
