@@ -90,9 +90,11 @@ def check_policy_loss(name: Any, registered: list[str]) -> None:
         _fail(f"unknown algorithm.policy_loss={name!r}; registered policy losses: {', '.join(registered)}")
 
 
-def _resolve(cfg: DictConfig) -> None:
+def _resolve(cfg: DictConfig) -> DictConfig:
+    """A resolved copy of ``cfg`` (interpolations evaluated once for every check below; "???" values of unused
+    sections may stay)."""
     try:
-        OmegaConf.to_container(cfg, resolve=True)  # "???" values of unused sections may stay
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         _fail(f"config key {key} cannot be resolved: {type(e).__name__}: {e}".splitlines()[0])
@@ -181,7 +183,7 @@ def _check_model(cfg: DictConfig, uses_critic: bool, launching: bool) -> list[st
     """A model path must be a local Hugging Face folder or a hub name; when ``launching`` with ``HF_HUB_OFFLINE`` set, a
     hub name must be in the local cache (the workers could not download it). Returns what could not be checked."""
     unchecked = []
-    for key in [f"actor_rollout_ref.model.path"] + (["critic.model.path"] if uses_critic else []):
+    for key in ["actor_rollout_ref.model.path"] + (["critic.model.path"] if uses_critic else []):
         path = str(OmegaConf.select(cfg, key))
         local = os.path.expanduser(path)
         if "://" in path:
@@ -363,7 +365,7 @@ def check_config(cfg: DictConfig, check_data: bool = True, launching: bool = Fal
     from rpg_ext.config import refuse_double_kl, resolve_params
     from rpg_ext.kl_penalty import check_kl_penalty_name
 
-    _resolve(cfg)
+    cfg = _resolve(cfg)
     if not cfg.trainer.get("use_v1", False):
         _fail("trainer.use_v1=False: the recipe runs verl's v1 trainer (set trainer.use_v1=True); verl's legacy "
               "trainer would also replace the policy loss with its own 'bypass_mode' loss under pi_old=rollout")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def prepare(overrides: list[str], env, on_cpu: bool) -> Launch:
 
 def main(argv: list[str] | None = None, env=None) -> int:
     env, argv = os.environ if env is None else env, sys.argv[1:] if argv is None else argv
+    warnings.filterwarnings("ignore", r".* engine is not available", UserWarning, "verl.workers.engine")
     try:
         flags, overrides = parse(argv)
         on_cpu = not flags.get("dry_run") and not cpu.gpu_visible()
@@ -123,9 +125,8 @@ def main(argv: list[str] | None = None, env=None) -> int:
         return 2
     from omegaconf import OmegaConf
 
-    from recipe.rpg import embedded, progress
+    from recipe.rpg import embedded, progress, summary
     from recipe.rpg.checks import ConfigError, check_config
-    from recipe.rpg.summary import summary
 
     cfg, dump = launch.cfg, flags["dump_config"]
     try:
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None, env=None) -> int:
                                            "(--dry-run --dump-config writes the cluster run's)" if on_cpu else
                                            "the resolved config"))
     if flags.get("dry_run"):
-        print("\n".join(summary(f"recipe dry run OK: {cfg.trainer.experiment_name}", cfg, checked, str(launch.run_dir))))
+        print("\n".join(summary.summary(f"recipe dry run OK: {launch.run_dir.name}", cfg, checked, str(launch.run_dir))))
     return 0 if dump or flags.get("dry_run") else progress.start(launch, argv, on_cpu, bool(flags.get("verbose")))
 
 

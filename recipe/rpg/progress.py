@@ -21,6 +21,16 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: verl.workers.engine warns "<name> engine is not available" in every process for each backend it cannot import.
+VERL_ENGINES = ("torchtitan", "veomni", "automodel", "mindspeed", "megatron")
+
+
+def unused_engine_warnings(cfg) -> list[str]:
+    """``-W`` filters for verl's warnings about engines the run's actor does not use (Megatron's stay for Megatron)."""
+    used = {"megatron", "mindspeed"} if cfg.actor_rollout_ref.actor.strategy == "megatron" else set()
+    return [f"ignore:{e} engine is not available:UserWarning" for e in VERL_ENGINES if e not in used]
+
+
 def utc_stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -134,6 +144,8 @@ def start(launch, argv: list[str], on_cpu: bool, verbose: bool = False) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     # TransferQueue's default of 8 threads warns (once per call, hundreds of times) where there are fewer cores
     env.setdefault("TQ_NUM_THREADS", str(min(8, psutil.cpu_count(logical=False) or 1)))
+    # verl warns in every process about engines this run does not use
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), *unused_engine_warnings(cfg)]))
     rc = run_and_follow(run_dir / "resolved_config.yaml", launch.log_path, env, cfg.trainer.total_training_steps,
                         verbose)
     if rc != 0 and (not launch.log_path.is_file() or launch.log_path.stat().st_size == 0):
