@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from recipe.rpg import progress
 from rpg_ext import cpu
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +85,6 @@ def prepare(overrides: list[str], env, on_cpu: bool) -> Launch:
     from omegaconf import open_dict
 
     from recipe.rpg.main_rpg import absolute_data_paths, compose, run_name
-    from recipe.rpg.progress import utc_stamp
 
     backend = env.get("BACKEND", "fsdp")
     if backend not in CONFIG_NAMES:
@@ -98,7 +97,7 @@ def prepare(overrides: list[str], env, on_cpu: bool) -> Launch:
     cfg, choices = compose(CONFIG_NAMES[backend], overrides)
     name = cfg.trainer.experiment_name or run_name(cfg, choices)
     run_dir = Path(env.get("RUN_DIR") or REPO / "runs" / name).expanduser().resolve()
-    log_path = run_dir / "logs" / f"{utc_stamp()}.jsonl"
+    log_path = run_dir / "logs" / f"{progress.utc_stamp()}.jsonl"
     with open_dict(cfg):
         cfg.trainer.experiment_name, cfg.trainer.default_local_dir = name, str(run_dir / "checkpoints")
         if "file" not in cfg.trainer.logger:
@@ -111,7 +110,7 @@ def prepare(overrides: list[str], env, on_cpu: bool) -> Launch:
 
 def main(argv: list[str] | None = None, env=None) -> int:
     env, argv = os.environ if env is None else env, sys.argv[1:] if argv is None else argv
-    warnings.filterwarnings("ignore", r".* engine is not available", UserWarning, "verl.workers.engine")
+    progress.quiet_verl_imports()
     try:
         flags, overrides = parse(argv)
         on_cpu = not flags.get("dry_run") and not cpu.gpu_visible()
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None, env=None) -> int:
         return 2
     from omegaconf import OmegaConf
 
-    from recipe.rpg import embedded, progress, summary
+    from recipe.rpg import embedded, summary
     from recipe.rpg.checks import ConfigError, check_config
 
     cfg, dump = launch.cfg, flags["dump_config"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -29,6 +31,14 @@ def unused_engine_warnings(cfg) -> list[str]:
     """``-W`` filters for verl's warnings about engines the run's actor does not use (Megatron's stay for Megatron)."""
     used = {"megatron", "mindspeed"} if cfg.actor_rollout_ref.actor.strategy == "megatron" else set()
     return [f"ignore:{e} engine is not available:UserWarning" for e in VERL_ENGINES if e not in used]
+
+
+def quiet_verl_imports() -> None:
+    """In the launcher's own process (which imports verl for its checks): no warning about verl engines it does not
+    use, and no INFO line from verl's platform manager for the ``VERL_PLATFORM`` the launcher itself set."""
+    warnings.filterwarnings("ignore", r".* engine is not available", UserWarning, "verl.workers.engine")
+    logging.getLogger("verl.plugin.platform.platform_manager").addFilter(
+        lambda record: not record.getMessage().startswith("Platform override from VERL_PLATFORM"))
 
 
 def utc_stamp() -> str:
