@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     print(f"\nmedian seconds per step over steps 2..{args.steps} ({args.method}, machine={args.machine})")
     print(f"{'':24}{'recompute':>12}{'rollout':>12}{'ratio':>10}")
     for key in (*KEYS, "actor compute"):
-        ratio = new[key] / base[key] if base[key] > 0 else float("nan")
-        print(f"{key:24}{base[key]:12.3f}{new[key]:12.3f}{ratio:10.3f}")
+        ratio = f"{new[key] / base[key]:10.3f}" if base[key] > 0 else f"{'-':>10}"  # not timed (e.g. no reference)
+        print(f"{key:24}{base[key]:12.3f}{new[key]:12.3f}{ratio}")
     return 0
 
 

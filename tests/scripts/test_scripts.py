@@ -32,3 +32,28 @@ def test_without_a_project_environment_the_script_says_which_python_to_use(scrip
     assert proc.returncode == 1
     assert f"{script}: this Python ({sys.executable}) lacks" in proc.stderr
     assert "bash scripts/setup.sh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_pi_old_compares_medians_after_the_first_step(monkeypatch, capsys):
+    """The benchmark's table from two fake runs (its launches replaced): medians over steps 2.., the actor compute a
+    sum of the three actor stages, ratios rollout / recompute, and no ratio for a stage neither run timed."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_pi_old
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+    def fake_run(run_dir, pi_old, args):
+        old = {"recompute": 1.0, "rollout": 0.05}[pi_old]
+        warmup = {"timing_s/step": 100.0, "timing_s/old_log_prob": 50.0}  # step 1: left out
+        rows = {s: {"timing_s/gen": 3.0, "timing_s/old_log_prob": old * s, "timing_s/update_actor": 2.0,
+                    "timing_s/step": 5.0 + old * s} for s in (2, 3, 4)}
+        return {1: warmup, **rows}
+
+    monkeypatch.setattr(bench_pi_old, "run", fake_run)
+    assert bench_pi_old.main(["--steps", "4"]) == 0
+    table = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert table["timing_s/old_log_prob"] == ["3.000", "0.150", "0.050"]  # medians of 2,3,4 and of 0.1,0.15,0.2
+    assert table["actor"] == ["compute", "5.000", "2.150", "0.430"]  # 3 + 2 and 0.15 + 2
+    assert table["timing_s/step"] == ["8.000", "5.150", "0.644"]
+    assert table["timing_s/ref"] == ["0.000", "0.000", "-"]
