@@ -31,6 +31,8 @@ from typing import Callable, Optional
 HF_ROLLOUT = "hf"
 #: verl's rollout-class table entry: the adapter in the actor worker (imported by verl when ``hf`` is selected).
 HF_ADAPTER_PATH = "rpg_ext.hf_rollout.HFServerAdapter"
+#: verl's replica table entry, loaded by dotted path as the adapter is (the heavy module is imported when selected).
+HF_REPLICA_PATH = "rpg_ext.hf_rollout.HFReplica"
 #: The verl release whose internals the hf rollout was written against.
 HF_ROLLOUT_VERL_VERSION = "0.9.1"
 
@@ -152,9 +154,10 @@ def require_verl_version() -> None:
 
 
 def _load_hf_replica():
-    from rpg_ext.hf_rollout import HFReplica  # refuses another verl with a clear message
+    import importlib
 
-    return HFReplica
+    module, name = HF_REPLICA_PATH.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)  # the module refuses another verl with a clear message
 
 
 def _register_adapter(base_module) -> None:
@@ -231,19 +234,14 @@ def gpu_without_vllm_message(status: VllmStatus) -> str:
     )
 
 
-def vllm_rollout_check(
-    gpu_visible: Optional[bool] = None, status: Optional[VllmStatus] = None
-) -> tuple[bool, Optional[str]]:
+def vllm_rollout_check(gpu_visible: bool, status: Optional[VllmStatus] = None) -> tuple[bool, Optional[str]]:
     """``(usable, message)``: whether verl's vLLM rollout can be used on this host (a GPU is visible and vLLM
     imports), and for a GPU host without a working vLLM the paragraph of :func:`gpu_without_vllm_message`
     (None otherwise: a host without a GPU runs the CPU path, which never uses vLLM).
 
-    ``gpu_visible`` defaults to ``rpg_ext.cpu.gpu_visible()``, ``status`` to :func:`vllm_status` (a subprocess).
+    ``gpu_visible``: ``rpg_ext.cpu.gpu_visible()`` at the caller; ``status`` defaults to :func:`vllm_status` (a
+    subprocess).
     """
-    if gpu_visible is None:
-        from rpg_ext.cpu import gpu_visible as _gpu_visible
-
-        gpu_visible = _gpu_visible()
     if not gpu_visible:
         return False, None
     if status is None:

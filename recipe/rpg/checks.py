@@ -208,12 +208,13 @@ def _check_model(cfg: DictConfig, uses_critic: bool, launching: bool) -> list[st
 def _check_rollout_backend(cfg: DictConfig) -> None:
     """At a launch on a GPU host: verl's vLLM rollout needs vLLM; without it the launch stops here with the fix (the
     hf rollout, ``ROLLOUT=hf``), and with ``rollout.name=hf`` it says so up front. Never a silent switch."""
+    from rpg_ext.cpu import gpu_visible
     from rpg_ext.rollouts import HF_ROLLOUT, vllm_rollout_check
 
     name = cfg.actor_rollout_ref.rollout.name
     if cfg.trainer.get("device") == "cpu" or name not in ("vllm", HF_ROLLOUT):
         return
-    usable, message = vllm_rollout_check()
+    usable, message = vllm_rollout_check(gpu_visible())
     if name == "vllm" and message:
         _fail(message)
     if name == HF_ROLLOUT and message:

@@ -368,7 +368,8 @@ def test_a_gpu_host_without_vllm_stops_before_ray_or_says_it_uses_hf(data_dir, m
     import rpg_ext.rollouts
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(rpg_ext.rollouts, "vllm_rollout_check", lambda: (False, "vLLM does not import here: use ROLLOUT=hf"))
+    monkeypatch.setattr(rpg_ext.rollouts, "vllm_rollout_check",
+                        lambda gpu_visible: (False, "vLLM does not import here: use ROLLOUT=hf"))
     _, cfg = compose_preset({"METHOD": "rpg_rkl", "DATA_DIR": str(data_dir)})
     with pytest.raises(ConfigError, match="vLLM does not import here: use ROLLOUT=hf"):
         check_config(cfg, check_data=True, launching=True)

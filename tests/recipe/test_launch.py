@@ -32,7 +32,7 @@ def no_run(monkeypatch, tmp_path):
     monkeypatch.setattr("recipe.rpg.tables.cli.main", lambda argv: calls.append(dict(tables=argv)) or 0)
     monkeypatch.setenv(cpu.PLATFORM_ENV, "")  # the launcher sets it for a CPU run; restored after the test
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a launch checks an offline hub cache for the paper's model
-    monkeypatch.setattr("rpg_ext.rollouts.vllm_rollout_check", lambda: (True, None))  # a GPU host with vLLM
+    monkeypatch.setattr("rpg_ext.rollouts.vllm_rollout_check", lambda gpu_visible: (True, None))  # a GPU host with vLLM
     return calls
 
 
