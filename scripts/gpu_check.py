@@ -52,9 +52,9 @@ IW_MIN, IW_MAX = "actor/rpg/step_start_iw_min", "actor/rpg/step_start_iw_max"
 #: --sync-tol defaults: fp32 on the CPU agrees to ~1e-6; bf16 on a GPU to ~1e-2; one missed update shows ~0.3.
 SYNC_TOL = {"cpu": 1e-3, "cuda": 5e-2}
 OVERRIDES = ["method=rpg_reinforce_urkl", "algorithm.rpg.reference=periodic", "algorithm.rpg.reference_every=1",
-             "trainer.save_freq=1", "trainer.test_freq=2", "actor_rollout_ref.actor.optim.lr_warmup_steps=0"]
-FIRST = ["trainer.total_training_steps=2"]  # the uninterrupted run: pi_old recomputed (verl's default)
-RESUMED = ["trainer.total_training_steps=3", "trainer.val_before_train=False", "pi_old=rollout"]
+             "trainer.save_freq=1", "actor_rollout_ref.actor.optim.lr_warmup_steps=0"]
+FIRST = ["trainer.total_training_steps=2", "trainer.test_freq=2"]  # pi_old recomputed (verl's default), validated
+RESUMED = ["trainer.total_training_steps=3", "trainer.test_freq=-1", "trainer.val_before_train=False", "pi_old=rollout"]
 
 
 def launch(run_dir: Path, device: str, overrides: list[str], env: dict | None = None) -> None:

@@ -102,12 +102,33 @@ def test_check_passes_with_the_cpu_platform():
     assert "rollout backend hf registered" in r.stdout
 
 
+def test_check_requests_the_cpu_platform_by_flag_or_by_verl_platform(monkeypatch, capsys):
+    # which probes `check` runs, in-process (the probes themselves run in fresh processes in the test below)
+    from rpg_ext import check
+
+    probed = []
+
+    def fake_run(code, env):
+        probed.append(env.get("VERL_PLATFORM"))
+        return subprocess.CompletedProcess([], 1, "", "simulated failing import verl")
+
+    monkeypatch.setattr(check, "_run", fake_run)
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    assert check.check() == 1 and probed == [None]  # no CPU platform, no plugin re-import
+    probed.clear()
+    assert check.check(cpu_platform=True) == 1 and probed == ["cpu", "cpu"]  # the probe, then `import rpg_ext.plugin`
+    probed.clear()
+    monkeypatch.setenv("VERL_PLATFORM", "CPU ")
+    assert check.check() == 1 and probed == ["cpu", "cpu"]
+    assert "simulated failing import verl" in capsys.readouterr().err
+
+
 def test_check_reports_a_broken_cpu_plugin_loudly(broken_cpu_module):
     env = _env(PYTHONPATH=broken_cpu_module + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for r in (_check("--cpu", env=env), _check(env={**env, "VERL_PLATFORM": "cpu"})):
-        assert r.returncode == 1
-        assert "CPU platform was requested" in r.stderr
-        assert "simulated broken module rpg_ext.hf_rollout" in r.stderr  # the hidden error, shown
+    r = _check("--cpu", env=env)  # VERL_PLATFORM=cpu requests the same check: the test above
+    assert r.returncode == 1
+    assert "CPU platform was requested" in r.stderr
+    assert "simulated broken module rpg_ext.hf_rollout" in r.stderr  # the hidden error, shown
     # the losses themselves still load, and without the CPU platform requested the check passes, with a warning
     # that the hf rollout (registered on every platform) is not usable, and why
     r = _check(env=env)

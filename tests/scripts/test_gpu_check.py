@@ -100,15 +100,14 @@ def test_the_resumed_run_takes_pi_old_from_the_rollout_without_a_recompute(check
     rows = gpu_check.training_rows(run_dir)
     for s in (2, 3):
         r = rows[s]
-        # no old-log-prob forward pass: that stage is the TransferQueue copy only, and what only a recompute
-        # computes (verl's entropy and rollout-vs-actor probabilities) is absent
-        assert r["timing_s/old_log_prob"] < 0.3 and "actor/entropy" not in r
-        assert "training/rollout_probs_diff_max" not in r
+        # no old-log-prob forward pass: verl's v1 trainer logs actor/entropy (and the rollout-vs-actor probabilities)
+        # only from the actor's compute_log_prob call for pi_old, which bypass mode skips (timings: bench_pi_old.py)
+        assert "actor/entropy" not in r and "training/rollout_probs_diff_max" not in r
         # pi_old is the rollout's fp32 log-probs: at the step's first micro-batch w = pi_theta / pi_old is 1
         assert abs(r["actor/rpg/step_start_iw_max"] - 1) < 1e-3 and abs(r["actor/rpg/step_start_iw_min"] - 1) < 1e-3
         assert all(math.isfinite(v) for k, v in r.items() if k.startswith("actor/rpg/"))
     first = gpu_check.training_rows(root / "uninterrupted")
-    assert all(first[s]["timing_s/old_log_prob"] > 3 * rows[2]["timing_s/old_log_prob"] for s in (1, 2))  # recomputed
+    assert all("actor/entropy" in first[s] for s in (1, 2))  # recomputed there: the evidence above can fail
 
 
 @pytest.mark.slow
