@@ -2,7 +2,7 @@
 
 verl loads ``verl.plugins`` entry points on import but swallows their import errors (debug log only), so a
 broken install silently lacks the losses until a Ray worker fails an hour into a run. This check imports
-verl in a fresh process, and on failure re-imports the plugin directly to show the underlying error.
+verl in a fresh process, and on failure imports the plugin directly there to show the underlying error.
 Only the standard library is imported here, so the check works even when torch or verl are broken.
 """
 
@@ -38,6 +38,11 @@ if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
     engines = EngineRegistry._engines
     info["cpu"] = {"device": get_platform().device_name, "engines": sorted(
         m for m in ("language_model", "value_model") if "cpu" in engines.get(m, {}).get("fsdp2", {}))}
+try:  # a no-op where verl loaded the plugin; where verl hid why it could not, the same import raises it here
+    import rpg_ext.plugin
+except BaseException:
+    import traceback
+    info["plugin_error"] = traceback.format_exc()
 print(json.dumps(info))
 """
 #: What the probe finds when the hf rollout is registered and importable.
@@ -63,12 +68,17 @@ def plugin_disabled_reason(environ=os.environ) -> str | None:
     return None
 
 
-def _plugin_error(env: dict) -> list[str]:
-    direct = _run("import rpg_ext.plugin", env)
-    if direct.returncode == 0:
+def _plugin_error(env: dict, info: dict | None = None) -> list[str]:
+    """Why the plugin does not import: from the probe's own ``import rpg_ext.plugin`` (``info``), or, where the probe
+    itself failed, from a fresh process that imports only the plugin."""
+    if info is not None:
+        error = info.get("plugin_error")
+    else:
+        direct = _run("import rpg_ext.plugin", env)
+        error = direct.stderr if direct.returncode != 0 else None
+    if not error:
         return []
-    return ["The plugin fails to import (verl hides this error); `import rpg_ext.plugin` gives:",
-            direct.stderr.rstrip()[-3000:]]
+    return ["The plugin fails to import (verl hides this error); `import rpg_ext.plugin` gives:", error.rstrip()[-3000:]]
 
 
 def check(cpu_platform: bool | None = None) -> int:
@@ -98,14 +108,14 @@ def check(cpu_platform: bool | None = None) -> int:
             msg.append(f"  the CPU platform was requested (VERL_PLATFORM=cpu) but verl cannot use it: verl's device "
                        f"{cpu and cpu['device']!r} (need 'cpu'); verl FSDP engines registered for cpu: "
                        f"{(cpu and cpu['engines']) or 'none'} (need language_model, value_model)")
-        print("\n".join(msg + _plugin_error(env)), file=sys.stderr)
+        print("\n".join(msg + _plugin_error(env, info)), file=sys.stderr)
         return 1
     hf_ok = info.get("hf_rollout") == _HF_EXPECTED
     if cpu_platform and not hf_ok:
         hf = info.get("hf_rollout", {})
         print("rpg_ext check FAILED: the CPU platform needs the hf rollout, which is not usable: "
               + (hf.get("error") or f"verl's rollout tables hold {hf}, expected {_HF_EXPECTED}") + "\n"
-              + "\n".join(_plugin_error(env)), file=sys.stderr)
+              + "\n".join(_plugin_error(env, info)), file=sys.stderr)
         return 1
     if info["verl"] != VERL_VERSION:
         print(f"warning: rpg_ext was written for verl=={VERL_VERSION}, found verl {info['verl']}", file=sys.stderr)
