@@ -16,17 +16,13 @@ import _python
 
 _python.ensure("torch", "verl")
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from verl.trainer.ppo.core_algos import get_policy_loss_fn  # noqa: E402
-
-import rpg_ext.plugin  # noqa: E402,F401
-from rpg_ext import RPG_LOSS_NAMES  # noqa: E402
-
 TIME_TARGET, MEMORY_TARGET = 1.25, 1.5
+# torch, verl and the losses are imported in the functions below (after the arguments: `--help` needs none of them)
 
 
 def make_inputs(batch, length, dtype, seed=0):
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     log_prob = (-torch.rand(batch, length, generator=gen) * 4).to(dtype)
     old_log_prob = (log_prob.float() + 0.3 * torch.randn(batch, length, generator=gen)).to(dtype)
@@ -37,6 +33,8 @@ def make_inputs(batch, length, dtype, seed=0):
 
 
 def make_config(clip):
+    from omegaconf import OmegaConf
+
     return OmegaConf.create(
         dict(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=10.0, use_kl_loss=False,
              policy_loss=dict(loss_mode="x", rpg=dict(beta=1e-4, clip=clip)), global_batch_info={})
@@ -44,6 +42,10 @@ def make_config(clip):
 
 
 def step(name, inputs, config):
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    import rpg_ext.plugin  # noqa: F401  (the RPG losses in verl's registry)
+
     log_prob, old_log_prob, advantages, mask = inputs
     lp = log_prob.detach().requires_grad_(True)
     loss, _metrics = get_policy_loss_fn(name)(old_log_prob, lp, advantages, mask, "token-mean", config)
@@ -63,6 +65,8 @@ def peak_memory(name, inputs, config):
     From the torch profiler's memory trace: every event's *self* allocation (allocations minus frees inside
     that op, not its children; frees outside ops appear as "[memory]" events) accumulated in time order.
     """
+    import torch
+
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         step(name, inputs, config)
     current = peak = 0
@@ -81,6 +85,10 @@ def main():
     parser.add_argument("--clip", default="dual", choices=["dual", "none"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    import torch
+
+    from rpg_ext import RPG_LOSS_NAMES
+
     if args.threads:
         torch.set_num_threads(args.threads)
 
