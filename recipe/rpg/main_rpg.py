@@ -10,7 +10,7 @@ when ``algorithm.rpg.reference`` is fixed or periodic, and the KL regularizer ``
 data paths are taken from the directory of the launch (Ray workers may run elsewhere).
 
 ``python -m recipe.rpg.main_rpg --resolved PATH`` runs an already composed and checked config file (the launcher's
-``<run_dir>/resolved_config.yaml``): the launcher composes once and hands the run to this process.
+``<run_dir>/resolved_config.yaml``): the launcher composes once and runs :func:`run` on it in a forked child.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from omegaconf import OmegaConf
 
@@ -181,6 +182,79 @@ def test_a_run_that_logged_nothing_leaves_no_empty_log(tmp_path, monkeypatch, no
     run_dir = tmp_path / "run"
     assert launch.main(["method=dapo"], env={"DATA_DIR": str(data_dir), "RUN_DIR": str(run_dir)}) == 137
     assert list((run_dir / "logs").iterdir()) == []
+
+
+@pytest.mark.parametrize("outcome,rc,shown", [
+    ("return", 0, "run finished"), ("exit 3", 3, "the run failed (exit 3)"), ("raise", 1, "RuntimeError: boom")])
+def test_the_run_is_a_forked_child_in_its_own_session_with_the_launchs_environment(outcome, rc, shown, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """progress.run_and_follow runs main_rpg.run on the resolved config in a forked child (verl is not imported a second
+    time): its own session (the launcher stops it with its process group), the launch's environment (Ray's processes
+    inherit it), all its output in <stamp>.out; here a line per logged step, and its exit status."""
+    from recipe.rpg import main_rpg
+
+    log, resolved = tmp_path / "logs" / "stamp.jsonl", tmp_path / "resolved_config.yaml"
+    log.parent.mkdir()
+    OmegaConf.save(OmegaConf.create({"trainer": {"device": "cpu"}}), resolved)
+    parent = os.getpid()
+
+    def run(config):
+        print(f"child of {os.getppid() == parent}: session leader {os.getsid(0) == os.getpid()}, "
+              f"device {config.trainer.device}, env {os.environ.get('RPG_TEST_VAR')}, cwd {os.getcwd() == str(REPO)}")
+        log.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": 0.5, "timing_s/step": 2.0}}) + "\n")
+        if outcome == "exit 3":
+            sys.exit(3)
+        if outcome == "raise":
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(main_rpg, "run", run)  # the child has this process's modules
+    env = dict(os.environ, RPG_TEST_VAR="passed")
+    assert progress.run_and_follow(resolved, log, env, 5) == rc
+    assert os.environ.get("RPG_TEST_VAR") is None  # the child's environment is the child's
+    output = (tmp_path / "logs" / "stamp.out").read_text()
+    assert "child of True: session leader True, device cpu, env passed, cwd True" in output
+    captured = capsys.readouterr()
+    assert "[launch] step    1/5  score +0.500  2.0 s" in captured.out
+    assert shown in (captured.out if rc == 0 else captured.err)
+    if outcome == "raise":
+        assert "Traceback" in output and "RuntimeError: boom" in output
+
+
+def test_an_interrupted_launch_stops_the_whole_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the launcher: the child's whole process group (the run, and Ray's processes it started) gets SIGTERM."""
+    import select
+    import time
+
+    from recipe.rpg import main_rpg
+
+    log, resolved, pid_file = tmp_path / "stamp.jsonl", tmp_path / "resolved.yaml", tmp_path / "child.pid"
+    OmegaConf.save(OmegaConf.create({}), resolved)
+
+    def run(config):
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # as Ray's raylet is
+        pid_file.write_text(f"{os.getpid()} {grandchild.pid}")
+        select.select([], [], [], 120)
+
+    real_sleep = time.sleep
+
+    def ctrl_c(seconds):
+        deadline = time.monotonic() + 60
+        while (not pid_file.is_file() or " " not in pid_file.read_text()) and time.monotonic() < deadline:
+            real_sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main_rpg, "run", run)
+    monkeypatch.setattr(progress.time, "sleep", ctrl_c)
+    assert progress.run_and_follow(resolved, log, dict(os.environ), 1) == 130
+    monkeypatch.undo()
+    assert "interrupted" in capsys.readouterr().err
+    for pid in map(int, pid_file.read_text().split()):
+        for _ in range(100):
+            if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"process {pid} of the interrupted run is still running")
 
 
 @pytest.mark.parametrize("argv,message", [
