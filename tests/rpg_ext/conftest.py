@@ -58,6 +58,15 @@ def fresh_probe(env_extra=None) -> dict:
 
 
 @pytest.fixture(scope="session")
-def fresh_import_verl() -> dict:
-    """What a plain ``import verl`` (no VERL_PLATFORM) registers, in a fresh process."""
-    return fresh_probe()
+def fresh_import_verl(tmp_path_factory, worker_id) -> dict:
+    """What a plain ``import verl`` (no VERL_PLATFORM) registers, in a fresh process: one probe per test run, shared
+    by the pytest-xdist workers through their common temporary directory."""
+    if worker_id == "master":  # not distributed
+        return fresh_probe()
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "fresh_import_verl.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            shared.write_text(json.dumps(fresh_probe()))
+        return json.loads(shared.read_text())
