@@ -61,10 +61,13 @@ def test_the_gpu_check_passes_on_the_cpu(check_runs):
     cfg = _resolved(first)
     assert cfg["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "rpg_reinforce_urkl"
     assert cfg["actor_rollout_ref"]["rollout"]["name"] == "hf" and cfg["trainer"]["device"] == "cpu"
+    assert "No GPU is visible" in proc.stdout  # the launcher says it hands over to the embedded CPU run
     assert "[launch] step    2/2" in proc.stdout and "held-out math_dapo" in proc.stdout
     assert "Platform override" not in proc.stdout + proc.stderr  # verl's INFO line for the launcher's own setting
     assert f"[launch] table and figures in {first / 'report'}" in proc.stdout
-    assert (first / "report" / "table.md").is_file() and {0, 2} <= _validated_steps(first)
+    assert f"{cfg['trainer']['experiment_name']}: 2" in (first / "report" / "table.md").read_text()  # its last step
+    assert {0, 2} <= _validated_steps(first)
+    assert all(len(list((d / "logs").glob("*.jsonl"))) == 1 for d in (first, resumed))  # one launch, one log each
     records = [json.loads(next((d / "logs").glob("*.launch.json")).read_text()) for d in (first, resumed)]
     assert [r["resumed_from_step"] for r in records] == [None, 1]
 
